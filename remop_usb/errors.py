@@ -1,0 +1,18 @@
+"""The one error type a user ever sees.
+
+A :class:`UserError` is bad input: a config key, a file, a dataset layout. The command-line entry points catch it
+and print its message as a single line (``error: ...``) with exit status 2, never a traceback. Messages say what is
+wrong, where (file and line when there is one) and what was expected.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user; ``str(err)`` is the whole one-line message."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # always one line
+
+
+def where(path, line=None) -> str:
+    """``file:line`` (or just ``file``) for messages."""
+    return f"{path}:{line}" if line is not None else str(path)

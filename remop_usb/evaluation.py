@@ -1,0 +1,102 @@
+"""Evaluation of every prediction head in one pass, on any device.
+
+An algorithm may expose several predictions: ReMoP's mixture and linear classifier, ABC's auxiliary head. They are
+declared as ``prediction_heads = (("mixture", "mixture"), ("linear", "logits"))`` -- (name, key of the model's
+output dict), primary first; an algorithm without the attribute has the one head its ``out_key`` names. The primary
+head drives USB's ``eval/top-1-acc`` (and so model selection); the others are logged as ``eval/<head>/...``.
+
+The EMA model (``algorithm.ema_model``, kept in sync by USB's EMAHook) is what gets evaluated, so a checkpoint loaded
+with ``load_model`` is evaluated with its own EMA weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
+
+
+def heads_of(algorithm, out_key="logits"):
+    heads = getattr(algorithm, "prediction_heads", None)
+    if heads:
+        return list(heads)
+    return [("linear" if out_key == "logits" else out_key, out_key)]
+
+
+@torch.no_grad()
+def predict(algorithm, dest, keys):
+    """Run the EMA model over loader ``dest``; returns (y_true, {key: N x K numpy array})."""
+    from .usb_compat import device_of
+
+    device = device_of(algorithm)
+    model = algorithm.ema_model
+    was_training = model.training
+    model.eval()
+    context = getattr(algorithm, "eval_context", contextlib.nullcontext)
+    y_true, outputs = [], {k: [] for k in keys}
+    with context():
+        for data in algorithm.loader_dict[dest]:
+            x = data["x_lb"]
+            x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+            out = model(x)
+            for k in keys:
+                outputs[k].append(out[k].float().cpu())
+            y_true.append(data["y_lb"].cpu())
+    model.train(was_training)
+    y = torch.cat(y_true).numpy() if y_true else np.zeros(0, dtype=np.int64)
+    return y, {k: (torch.cat(v).numpy() if v else np.zeros((0, algorithm.num_classes))) for k, v in outputs.items()}
+
+
+def evaluate(self, eval_dest="eval", out_key="logits", return_logits=False):
+    """Drop-in for ``AlgorithmBase.evaluate``: same keys, every head, no ``.cuda``."""
+    heads = heads_of(self, out_key)
+    keys = list(dict.fromkeys(k for _, k in heads))
+    loss_key = "logits" if "logits" in keys else keys[0]
+    y_true, outputs = predict(self, eval_dest, keys)
+    primary = outputs[heads[0][1]]
+    y_pred = primary.argmax(axis=1)
+    labeled = y_true >= 0
+    loss = F.cross_entropy(torch.from_numpy(outputs[loss_key]), torch.from_numpy(y_true), ignore_index=-1).item()
+    result = {
+        f"{eval_dest}/loss": loss,
+        f"{eval_dest}/top-1-acc": accuracy_score(y_true[labeled], y_pred[labeled]),
+        f"{eval_dest}/balanced_acc": balanced_accuracy_score(y_true[labeled], y_pred[labeled]),
+        f"{eval_dest}/precision": precision_score(y_true[labeled], y_pred[labeled], average="macro", zero_division=0),
+        f"{eval_dest}/recall": recall_score(y_true[labeled], y_pred[labeled], average="macro", zero_division=0),
+        f"{eval_dest}/F1": f1_score(y_true[labeled], y_pred[labeled], average="macro", zero_division=0),
+    }
+    for name, key in heads[1:]:
+        pred = outputs[key].argmax(axis=1)
+        result[f"{eval_dest}/{name}/top-1-acc"] = accuracy_score(y_true[labeled], pred[labeled])
+        result[f"{eval_dest}/{name}/balanced_acc"] = balanced_accuracy_score(y_true[labeled], pred[labeled])
+    cf = confusion_matrix(y_true[labeled], y_pred[labeled], labels=list(range(self.num_classes)))
+    self.print_fn("confusion matrix (rows: true, cols: predicted):\n" + np.array_str(cf))
+    if return_logits:
+        result[f"{eval_dest}/logits"] = primary
+    return result
+
+
+def classification_report(y_true, y_pred, class_names):
+    """Overall accuracy, mean class accuracy, per-class accuracy and the confusion matrix (counts), in percent."""
+    k = len(class_names)
+    cf = confusion_matrix(y_true, y_pred, labels=list(range(k)))
+    support = cf.sum(axis=1)
+    per_class = {name: (100.0 * cf[i, i] / support[i] if support[i] else None) for i, name in enumerate(class_names)}
+    present = [v for v in per_class.values() if v is not None]
+    return {
+        "overall_acc": 100.0 * float(np.trace(cf)) / max(1, int(cf.sum())),
+        "mean_class_acc": float(np.mean(present)) if present else 0.0,
+        "per_class_acc": per_class,
+        "confusion_matrix": cf.tolist(),
+        "num_samples": int(cf.sum()),
+    }

@@ -1,0 +1,84 @@
+"""Making USB aware of everything this plugin adds.
+
+USB registers algorithms by importing modules that run ``@ALGORITHMS.register`` / ``@IMB_ALGORITHMS.register``
+decorators, and finds networks by name as attributes of ``semilearn.nets``. :func:`load` does both for this package
+(and for any extra modules listed under ``plugins``), after installing the compatibility patches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+#: modules defining algorithms (their import registers them)
+ALGORITHM_MODULES = ("remop_usb.algorithms.remop",)
+
+#: USB net name -> "module:builder"
+NETS = {"resnet18_fer": "remop_usb.nets.resnet_fer:resnet18_fer"}
+
+_loaded_plugins: set = set()
+
+
+def _quiet_import_semilearn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecation notice on import
+        import semilearn  # noqa: F401  (runs USB's own registrations)
+
+
+def load(plugins=()):
+    """Install the compat patches and register this package's (and ``plugins``') algorithms and nets."""
+    _quiet_import_semilearn()
+    from . import usb_compat
+
+    usb_compat.install()
+    import semilearn.nets
+
+    for name, target in NETS.items():
+        module_name, attr = target.split(":")
+        setattr(semilearn.nets, name, getattr(importlib.import_module(module_name), attr))
+    for module_name in (*ALGORITHM_MODULES, *plugins):
+        if module_name not in _loaded_plugins:
+            importlib.import_module(module_name)
+            _loaded_plugins.add(module_name)
+
+
+def algorithms():
+    from semilearn.core.utils import ALGORITHMS
+
+    return sorted(ALGORITHMS.keys())
+
+
+def imb_algorithms():
+    from semilearn.core.utils import IMB_ALGORITHMS
+
+    return sorted(IMB_ALGORITHMS.keys())
+
+
+def algorithm_class(name):
+    from semilearn.core.utils import ALGORITHMS
+
+    return ALGORITHMS[name]
+
+
+def imb_algorithm_class(name):
+    from semilearn.core.utils import IMB_ALGORITHMS
+
+    return IMB_ALGORITHMS[name]
+
+
+def nets():
+    import semilearn.nets
+
+    return sorted(n for n in dir(semilearn.nets) if not n.startswith("_") and callable(getattr(semilearn.nets, n))
+                  and n[0].islower())
+
+
+USB_DATASETS = ("cifar10", "cifar100", "svhn", "stl10", "eurosat", "tissuemnist", "semi_aves", "semi_aves_out",
+                "imagenet", "imagenet127", "esc50", "fsdnoisy", "gtzan", "superbks", "superbsi", "urbansound8k",
+                "aclImdb", "ag_news", "amazon_review", "dbpedia", "yahoo_answers", "yelp_review")
+
+
+def datasets():
+    from datasets_fer import FER_DATASETS
+
+    return sorted(FER_DATASETS) + list(USB_DATASETS)

@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="remop-usb",
+    version="0.1.0",
+    description="Class-imbalanced semi-supervised facial expression recognition (ReMoP and baselines) for USB",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["remop_usb", "remop_usb.*", "datasets_fer", "datasets_fer.*"]),
+    python_requires=">=3.9",
+    # A set verified to install and import together (semilearn 0.3.2 pins nothing; left alone pip mixes torch and
+    # torchaudio builds and `import semilearn` fails; ruamel.yaml>=0.18 breaks USB's YAML loader).
+    install_requires=[
+        "torch==2.11.0",
+        "torchvision==0.26.0",
+        "torchaudio==2.11.0",
+        "semilearn==0.3.2",
+        "ruamel.yaml<0.18",
+        "facenet-pytorch==2.5.3",
+        "numpy",
+        "pillow",
+        "scikit-learn",
+        "scikit-image",
+        "matplotlib",
+        "wandb",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["remop-usb=remop_usb.cli:main"]},
+)

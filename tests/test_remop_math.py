@@ -1,0 +1,141 @@
+"""ReMoP's equations against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from remop_usb.algorithms.feature_classifier import (
+    FeatureClassifierNet,
+    center_loss,
+    center_sq_distances,
+    etf_regularizer,
+    feature_prediction,
+    mix_predictions,
+)
+from remop_usb.algorithms.remop import ForwardRecorder
+
+
+def simplex_etf(num_classes, dim, scale=1.0, shift=None, seed=0):
+    """Rows m_k of Eq. 1: sqrt(K/(K-1)) U (I - 11^T/K), U with orthonormal columns; then scaled and shifted."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(dim, num_classes, generator=g, dtype=torch.float64))
+    k = num_classes
+    m = math.sqrt(k / (k - 1)) * u @ (torch.eye(k, dtype=torch.float64) - torch.ones(k, k, dtype=torch.float64) / k)
+    centers = scale * m.t()
+    if shift is not None:
+        centers = centers + shift
+    return centers
+
+
+def test_cosine_and_dot_feature_prediction():
+    feat = torch.tensor([[3.0, 4.0]])
+    centers = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # cos([3,4],[1,0]) = 3/5; cos([3,4],[0,2]) = 8/(5*2) = 4/5
+    assert torch.allclose(feature_prediction(feat, centers, "cosine"), torch.tensor([[0.6, 0.8]]))
+    # raw dot products: 3 and 8
+    assert torch.allclose(feature_prediction(feat, centers, "dot"), torch.tensor([[3.0, 8.0]]))
+
+
+def test_mixture_of_probabilities_eq6():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [1/4, 3/4]
+    feat_pred = torch.tensor([[0.2, -0.4]])
+    # 0.5 * 0.25 + 0.5 * 0.2 = 0.225 ; 0.5 * 0.75 + 0.5 * (-0.4) = 0.175
+    assert torch.allclose(mix_predictions(logits, feat_pred, 0.5, "prob"), torch.tensor([[0.225, 0.175]]))
+    # beta = 1 is the linear prediction alone, beta = 0 the feature prediction alone
+    assert torch.allclose(mix_predictions(logits, feat_pred, 1.0, "prob"), torch.tensor([[0.25, 0.75]]))
+    assert torch.allclose(mix_predictions(logits, feat_pred, 0.0, "prob"), feat_pred)
+
+
+def test_mixture_of_logits_released_code():
+    logits = torch.tensor([[2.0, 0.0]])
+    feat_pred = torch.tensor([[0.0, 4.0]])
+    # 0.5 * [2, 0] + 0.5 * [0, 4] = [1, 2] -> softmax = [1, e] / (1 + e)
+    e = math.e
+    expected = torch.tensor([[1 / (1 + e), e / (1 + e)]])
+    assert torch.allclose(mix_predictions(logits, feat_pred, 0.5, "logit"), expected)
+
+
+@pytest.mark.parametrize("k,d", [(3, 3), (7, 512), (8, 16)])
+def test_eq8_is_zero_at_a_simplex_etf_whatever_its_scale_and_offset(k, d):
+    centers = simplex_etf(k, d, scale=3.7, shift=torch.full((d,), 5.0, dtype=torch.float64))
+    assert etf_regularizer(centers, "paper").item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_eq8_by_hand_on_three_centers():
+    # h = (1,0), (0,1), (-1,0); mean (0, 1/3); centered (1,-1/3), (0,2/3), (-1,-1/3).
+    # cosines: c12 = c23 = -1/sqrt(10), c13 = -0.8; target -1/(K-1) = -0.5.
+    # Eq. 8 sums over ordered pairs: 2 * [2 * (0.5 - 1/sqrt(10))^2 + (0.5 - 0.8)^2]
+    centers = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    expected = 2 * (2 * (0.5 - 1 / math.sqrt(10)) ** 2 + 0.3 ** 2)
+    assert etf_regularizer(centers, "paper").item() == pytest.approx(expected, rel=1e-5)
+    assert expected == pytest.approx(0.315089, abs=1e-6)
+
+
+def test_eq8_positive_away_from_the_etf():
+    centers = torch.randn(7, 32, generator=torch.Generator().manual_seed(1))
+    assert etf_regularizer(centers, "paper").item() > 0.01
+
+
+@pytest.mark.parametrize("k", [3, 7, 8])
+def test_released_code_regularizer_at_an_etf(k):
+    # Frobenius norm of the cosine matrix with its diagonal set to -1/(K-1):
+    # at an ETF every entry is -1/(K-1): sqrt(K^2 / (K-1)^2) = K/(K-1)
+    # (= sqrt(sum_{k!=t} cos^2 + K/(K-1)^2) = sqrt(K(K-1)/(K-1)^2 + K/(K-1)^2)).
+    centers = simplex_etf(k, 16)
+    assert etf_regularizer(centers, "frobenius").item() == pytest.approx(k / (k - 1), rel=1e-6)
+    # It is minimised there too: any perturbation raises it.
+    perturbed = centers + 0.05 * torch.randn(centers.shape, generator=torch.Generator().manual_seed(2),
+                                             dtype=torch.float64)
+    assert etf_regularizer(perturbed, "frobenius").item() > k / (k - 1)
+
+
+def test_center_loss_by_hand():
+    feat = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    centers = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    d = center_sq_distances(feat, centers, torch.tensor([0, 1]))
+    assert d.tolist() == [5.0, 13.0]  # 1+4 ; 4+9
+    assert center_loss([d], "half_sum").item() == 9.0  # (5 + 13) / 2
+    assert center_loss([d[:1], d[1:]], "mean").item() == 18.0  # 5 + 13, each group averaged
+    empty = d[:0]
+    assert center_loss([d, empty], "half_sum").item() == 9.0
+    assert center_loss([d, empty], "mean").item() == 9.0  # empty group adds 0, never 0/0
+
+
+def test_gradients_reach_the_centers_and_stay_finite_without_confident_samples():
+    backbone = _TinyBackbone()
+    net = FeatureClassifierNet(backbone, num_classes=3)
+    out = net(torch.randn(4, 5))
+    assert set(out) >= {"logits", "feat", "feat_pred", "mixture"}
+    groups = [center_sq_distances(out["feat"], net.centers, torch.tensor([0, 1, 2, 0])), out["feat"][:0, 0]]
+    loss = 1e-4 * center_loss(groups, "half_sum") + 0.1 * etf_regularizer(net.centers, "paper")
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert net.centers.grad is not None and torch.isfinite(net.centers.grad).all()
+    assert net.centers.grad.abs().sum() > 0
+
+
+def test_forward_recorder_finds_rows_by_their_logits():
+    rec = ForwardRecorder()
+    logits = torch.arange(12.0).reshape(6, 2)
+    mixture = -logits
+    with rec.recording():
+        rec.hook(None, None, {"logits": logits, "mixture": mixture})
+        found = rec.mixture_for(logits[2:4].clone())
+    assert torch.equal(found, mixture[2:4])
+    assert rec.mixture_for(torch.tensor([[100.0, 101.0]])) is None
+    rec.hook(None, None, {"logits": logits, "mixture": mixture})  # not recording: ignored
+    assert len(rec.records) == 1
+
+
+class _TinyBackbone(torch.nn.Module):
+    num_features = 4
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(5, 4)
+        self.classifier = torch.nn.Linear(4, 3)
+
+    def forward(self, x, only_fc=False, only_feat=False, **kwargs):
+        feat = self.body(x)
+        return {"logits": self.classifier(feat), "feat": feat}

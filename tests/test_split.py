@@ -1,0 +1,250 @@
+"""The paper's imbalanced split: counts from first principles, determinism, feasibility, manifest."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from datasets_fer.labels import CANONICAL
+from datasets_fer.split import Split, frequency_rank, imbalanced_counts, load_split, make_split
+from remop_usb.errors import UserError
+
+# RAF-DB's real training class counts, canonical order (RAF order 1290, 281, 717, 4772, 1982, 705, 2524 mapped with
+# 1->3 surprise, 2->4 fear, 3->5 disgust, 4->1 happy, 5->2 sad, 6->6 anger, 7->0 neutral).
+RAF_TRAIN = {"neutral": 2524, "happy": 4772, "sad": 1982, "surprise": 1290, "fear": 281, "disgust": 717,
+             "anger": 705}
+RAF_SIZES = [RAF_TRAIN[name] for name in CANONICAL[:7]]  # [2524, 4772, 1982, 1290, 281, 717, 705]
+assert sum(RAF_SIZES) == 12271
+
+
+def raf_labels():
+    """A synthetic label array with RAF-DB's class sizes, shuffled by a local generator."""
+    labels = np.repeat(np.arange(7), RAF_SIZES)
+    return np.random.default_rng(12345).permutation(labels)
+
+
+def usb_counts(n1, k, gamma):
+    """USB 0.3.2's make_imbalance_data, restated (float arithmetic)."""
+    mu = np.power(1 / gamma, 1 / (k - 1))
+    return [int(n1 / gamma) if c == k - 1 else int(n1 * np.power(mu, c)) for c in range(k)]
+
+
+# N_k = floor(N1 * gamma^(-(k-1)/6)), K = 7. Exact values (40-digit decimal):
+#   50^(1/6) = 1.919383; 150^(1/6) = 2.305037
+#   (2000, 50):  2000, 2000/1.919383=1042.001, 542.884, 282.843, 147.361, 76.775, 2000/50=40
+#   (2000, 150): 2000, 2000/2.305037=867.657, 376.414, 163.299, 70.844, 30.734, 2000/150=13.333
+#   (500, 50):   500, 260.500, 135.721, 70.711, 36.840, 19.194, 500/50=10
+#   (500, 150):  500, 216.914, 94.104, 40.825, 17.711, 7.684, 500/150=3.333
+PAPER_COUNTS = {
+    (2000, 50): [2000, 1042, 542, 282, 147, 76, 40],
+    (2000, 150): [2000, 867, 376, 163, 70, 30, 13],
+    (500, 50): [500, 260, 135, 70, 36, 19, 10],
+    (500, 150): [500, 216, 94, 40, 17, 7, 3],
+}
+
+# RAF-DB frequency rank: happy 4772 > neutral 2524 > sad 1982 > surprise 1290 > disgust 717 > anger 705 > fear 281.
+RAF_RANK = ["happy", "neutral", "sad", "surprise", "disgust", "anger", "fear"]
+
+
+@pytest.mark.parametrize("setting", sorted(PAPER_COUNTS))
+def test_paper_counts(setting):
+    n1, gamma = setting
+    assert imbalanced_counts(n1, 7, gamma) == PAPER_COUNTS[setting]
+    assert imbalanced_counts(n1, 7, float(gamma)) == PAPER_COUNTS[setting]
+    assert usb_counts(n1, 7, gamma) == PAPER_COUNTS[setting]  # identical to USB on the paper's settings
+
+
+def test_counts_exact_where_float_floors_low():
+    # 1500 * 9^(-3/6) = 1500 / 3 = 500 exactly; USB's float path gets 499.999... -> 499.
+    # Others: 1500/9^(1/6)=1040.04, /9^(2/6)=721.12, /9^(4/6)=346.68, /9^(5/6)=240.37, 1500/9=166.67.
+    assert imbalanced_counts(1500, 7, 9) == [1500, 1040, 721, 500, 346, 240, 166]
+    assert usb_counts(1500, 7, 9)[3] == 499
+    # 500 * 25^(-2/4) = 500/5 = 100 exactly (USB: 99).
+    assert imbalanced_counts(500, 5, 25)[2] == 100
+    # gamma read as the decimal written: 22 / 2.2 = 10 exactly (the float 2.2 is slightly above 11/5).
+    assert imbalanced_counts(22, 2, 2.2) == [22, 10]
+
+
+def test_counts_edges():
+    assert imbalanced_counts(500, 7, 1) == [500] * 7  # gamma 1: every class N1
+    assert imbalanced_counts(7, 3, 1.5) == [7, 5, 4]  # 7/sqrt(1.5)=5.715, 7/1.5=4.667
+    assert imbalanced_counts(100, 7, 150)[-1] == 0  # floor(100/150) = 0
+    assert imbalanced_counts(np.int64(500), 7, np.float64(150.0)) == PAPER_COUNTS[(500, 150)]
+    for bad in [dict(n1=0, num_classes=7, gamma=10), dict(n1=10, num_classes=7, gamma=0.5),
+                dict(n1=10, num_classes=1, gamma=10), dict(n1=2.5, num_classes=7, gamma=10),
+                dict(n1=10, num_classes=7, gamma=float("nan")), dict(n1=True, num_classes=7, gamma=10)]:
+        with pytest.raises(UserError):
+            imbalanced_counts(**bad)
+
+
+def test_frequency_rank():
+    assert [CANONICAL[c] for c in frequency_rank(raf_labels(), 7)] == RAF_RANK
+    # ties go to the lower index; an absent class ranks last
+    assert frequency_rank([2, 2, 0, 1, 0, 1], 4) == [0, 1, 2, 3]
+    assert frequency_rank([3, 3, 1], 4) == [3, 1, 0, 2]
+
+
+# Per-class labeled counts: N_k of rank k (RAF_RANK order), from PAPER_COUNTS. Every setting fits RAF-DB:
+# the tightest is (2000, 50): happy 2000 <= 4772, neutral 1042 <= 2524, sad 542 <= 1982, surprise 282 <= 1290,
+# disgust 147 <= 717, anger 76 <= 705, fear 40 <= 281.
+@pytest.mark.parametrize("setting", sorted(PAPER_COUNTS))
+def test_raf_split_counts(setting):
+    n1, gamma = setting
+    labels = raf_labels()
+    split = make_split("rafdb", labels, 7, n1, gamma, seed=0)
+    expected_lb = dict(zip(RAF_RANK, PAPER_COUNTS[setting]))
+    for c, name in enumerate(CANONICAL[:7]):
+        assert split.lb_counts[c] == expected_lb[name], name
+        assert split.ulb_counts[c] == RAF_TRAIN[name] - expected_lb[name], name
+    assert [CANONICAL[c] for c in split.class_order] == RAF_RANK
+    assert split.lb_idx.size == sum(PAPER_COUNTS[setting])  # e.g. (500,150): 877 labeled
+    assert split.ulb_idx.size == 12271 - sum(PAPER_COUNTS[setting])
+    # counts are the counts of the actual indices
+    assert np.bincount(labels[split.lb_idx], minlength=7).tolist() == split.lb_counts
+    assert np.bincount(labels[split.ulb_idx], minlength=7).tolist() == split.ulb_counts
+    # disjoint, cover everything, sorted, int64
+    assert np.intersect1d(split.lb_idx, split.ulb_idx).size == 0
+    assert np.array_equal(np.union1d(split.lb_idx, split.ulb_idx), np.arange(12271))
+    assert split.lb_idx.dtype == np.int64 and split.ulb_idx.dtype == np.int64
+    assert np.all(np.diff(split.lb_idx) > 0) and np.all(np.diff(split.ulb_idx) > 0)
+
+
+def test_raf_500_150_literal():
+    split = make_split("rafdb", raf_labels(), 7, 500, 150, seed=1)
+    # canonical order neutral, happy, sad, surprise, fear, disgust, anger
+    assert split.lb_counts == [216, 500, 94, 40, 3, 17, 7]
+    assert split.ulb_counts == [2524 - 216, 4772 - 500, 1982 - 94, 1290 - 40, 281 - 3, 717 - 17, 705 - 7]
+
+
+def test_include_lb_to_ulb():
+    labels = raf_labels()
+    split = make_split("rafdb", labels, 7, 500, 150, seed=0, include_lb_to_ulb=True)
+    assert np.array_equal(split.ulb_idx, np.arange(12271))
+    assert split.ulb_counts == RAF_SIZES
+    plain = make_split("rafdb", labels, 7, 500, 150, seed=0)
+    assert np.array_equal(plain.lb_idx, split.lb_idx)  # same labeled draw
+    assert plain.sha256 != split.sha256
+
+
+def test_deterministic_and_independent_of_global_rng():
+    labels = raf_labels()
+    np.random.seed(0)
+    torch.manual_seed(0)
+    random.seed(0)
+    a = make_split("rafdb", labels, 7, 500, 150, seed=3)
+    state = np.random.get_state()
+    torch_state = torch.get_rng_state()
+    b_ = make_split("rafdb", labels, 7, 500, 150, seed=3)
+    # make_split neither reads nor advances global state
+    assert np.random.get_state()[1].tolist() == state[1].tolist()
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    np.random.seed(987)
+    torch.manual_seed(654)
+    random.seed(321)
+    np.random.rand(100)
+    b = make_split("rafdb", labels.copy(), 7, 500, 150.0, seed=3)  # 150 and 150.0 are the same setting
+    for other in (b, b_):
+        assert other.sha256 == a.sha256
+        assert np.array_equal(other.lb_idx, a.lb_idx)
+        assert np.array_equal(other.ulb_idx, a.ulb_idx)
+        assert other == a
+    assert len(a.sha256) == 64 and int(a.sha256, 16) >= 0
+
+
+def test_different_inputs_give_different_splits():
+    labels = raf_labels()
+    base = make_split("rafdb", labels, 7, 500, 150, seed=0)
+    for other in (make_split("rafdb", labels, 7, 500, 150, seed=1),
+                  make_split("rafdb2", labels, 7, 500, 150, seed=0)):
+        assert other.sha256 != base.sha256
+        assert not np.array_equal(other.lb_idx, base.lb_idx)
+        assert other.lb_counts == base.lb_counts  # same counts, other images
+    assert make_split("rafdb", labels, 7, 500, 50, seed=0).sha256 != base.sha256
+
+
+PINNED_LB_IDX = [0, 1, 2, 3, 6, 9, 10]
+PINNED_SHA = "55f59f9ff9de59a1f10447f2f7e5fac7b7ebb5947cda493089c4bd4376eaff51"
+
+
+def test_regression_pin():
+    # Not from first principles: pins the sampling algorithm (sha256 seed derivation, PCG64, permutation). If this
+    # changes, previously published split manifests no longer reproduce.
+    labels = np.repeat(np.arange(3), [6, 4, 2])  # sizes 6, 4, 2 -> rank 0, 1, 2
+    split = make_split("toy", labels, 3, 4, 4, seed=0)  # counts 4, 4/sqrt(4)=2, 4/4=1
+    assert split.lb_counts == [4, 2, 1]
+    assert split.lb_idx.tolist() == PINNED_LB_IDX
+    assert split.sha256 == PINNED_SHA
+
+
+def test_infeasible_head_class():
+    with pytest.raises(UserError) as info:
+        make_split("rafdb", raf_labels(), 7, 5000, 150, seed=0)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "num_labels=5000" in msg and "lb_imb_ratio=150" in msg
+    assert "5000 labeled 'happy'" in msg and "only 4772" in msg
+    assert ("class sizes: happy 4772, neutral 2524, sad 1982, surprise 1290, disgust 717, anger 705, fear 281"
+            in msg)
+
+
+def test_infeasible_tail_class():
+    # N1 = 4000, gamma = 2: neutral (rank 2) gets floor(4000 * 2^(-1/6)) = floor(3563.6) = 3563 > 2524, sad
+    # (rank 3) 4000 * 2^(-2/6) = 3174.8 -> 3174 > 1982, surprise 2828 > 1290, disgust 2519 > 717, anger 2244 > 705,
+    # fear 2000 > 281; happy 4000 <= 4772 fits.
+    with pytest.raises(UserError) as info:
+        make_split("rafdb", raf_labels(), 7, 4000, 2, seed=0)
+    msg = str(info.value)
+    assert "asks 3563 labeled 'neutral' images but the training set has only 2524" in msg
+    assert "'fear' (asks 2000, has 281)" in msg
+    assert "happy 4772" in msg and "\n" not in msg
+
+
+def test_class_exactly_used_up():
+    labels = np.repeat(np.arange(2), [10, 5])
+    split = make_split("toy", labels, 2, 10, 2, seed=0)  # counts 10, 10/2 = 5: every image labeled
+    assert split.lb_counts == [10, 5] and split.ulb_idx.size == 0
+
+
+def test_save_and_load(tmp_path):
+    labels = raf_labels()
+    split = make_split("rafdb", labels, 7, 500, 150, seed=2)
+    path = split.save(tmp_path / "sub" / "split.json")
+    data = json.loads((tmp_path / "sub" / "split.json").read_text())
+    assert data["sha256"] == split.sha256
+    assert data["lb_counts"] == split.lb_counts and data["ulb_counts"] == split.ulb_counts
+    assert data["lb_idx"] == split.lb_idx.tolist() and data["ulb_idx"] == split.ulb_idx.tolist()
+    assert [data[k] for k in ("dataset", "num_labels", "lb_imb_ratio", "seed", "num_classes")] == [
+        "rafdb", 500, 150, 2, 7]
+    # the sha is recomputable from the manifest alone
+    import hashlib
+    keys = ("dataset", "num_labels", "lb_imb_ratio", "seed", "num_classes", "lb_idx", "ulb_idx")
+    text = json.dumps({k: data[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+    assert hashlib.sha256(text.encode()).hexdigest() == split.sha256
+    assert split.manifest() == data
+    assert list(tmp_path.joinpath("sub").iterdir()) == [tmp_path / "sub" / "split.json"]  # no temp file left
+
+    loaded = load_split(path, labels=labels)
+    assert loaded == split and np.array_equal(loaded.lb_idx, split.lb_idx)
+
+    data["lb_idx"][0] += 1  # tampered
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="does not match"):
+        load_split(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="other labels"):
+        load_split(path, labels=np.sort(labels))
+    (tmp_path / "broken.json").write_text("{\n  nope")
+    with pytest.raises(UserError, match=r"broken.json:2:"):
+        load_split(tmp_path / "broken.json")
+    with pytest.raises(UserError, match="does not exist"):
+        load_split(tmp_path / "missing.json")
+
+
+def test_split_is_frozen():
+    split = make_split("rafdb", raf_labels(), 7, 500, 150, seed=0)
+    assert isinstance(split, Split)
+    with pytest.raises(Exception):
+        split.seed = 5
+    with pytest.raises(ValueError):
+        split.lb_idx[0] = 0
