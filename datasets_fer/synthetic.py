@@ -63,16 +63,16 @@ _PARAMS = ("curve", "open", "width", "asym", "snarl", "press", "teeth", "raise",
 
 _EXPRESSION_DELTAS: Dict[int, Dict[str, float]] = {
     0: {},  # neutral
-    1: {"curve": 0.15, "open": 0.07, "width": 0.09, "teeth": 1.0, "eye": -0.42, "raise": 0.02, "cheek": 1.0},
-    2: {"curve": -0.08, "width": -0.04, "inner": 0.10, "raise": 0.0, "eye": -0.18, "pinch": 0.02},
-    3: {"open": 0.30, "width": -0.13, "raise": 0.15, "inner": 0.02, "eye": 0.55, "forehead": 1.0},
-    4: {"open": 0.15, "width": 0.03, "curve": -0.05, "raise": 0.10, "inner": 0.09, "pinch": 0.05, "eye": 0.50,
+    1: {"curve": 0.20, "open": 0.08, "width": 0.11, "teeth": 1.0, "eye": -0.45, "raise": 0.02, "cheek": 1.0},
+    2: {"curve": -0.11, "width": -0.04, "inner": 0.12, "eye": -0.22, "pinch": 0.02},
+    3: {"open": 0.32, "width": -0.13, "raise": 0.16, "inner": 0.02, "eye": 0.60, "forehead": 1.0},
+    4: {"open": 0.16, "width": 0.06, "curve": -0.05, "raise": 0.10, "inner": 0.10, "pinch": 0.06, "eye": 0.55,
         "teeth": 0.6, "forehead": 0.6},
-    5: {"snarl": 0.14, "curve": -0.06, "open": 0.02, "raise": -0.06, "inner": -0.04, "pinch": 0.03, "eye": -0.35,
+    5: {"snarl": 0.18, "curve": -0.07, "open": 0.02, "raise": -0.07, "inner": -0.05, "pinch": 0.03, "eye": -0.40,
         "wrinkle": 1.0},
-    6: {"curve": -0.03, "width": -0.07, "press": 1.0, "raise": -0.08, "inner": -0.15, "pinch": 0.07, "eye": -0.35,
+    6: {"curve": -0.03, "width": -0.08, "press": 1.0, "raise": -0.10, "inner": -0.18, "pinch": 0.08, "eye": -0.40,
         "frown": 1.0},
-    7: {"asym": 0.14, "width": 0.02, "eye": -0.12, "press": 0.4},
+    7: {"asym": 0.17, "width": 0.02, "eye": -0.12, "press": 0.4},
 }
 
 
@@ -138,7 +138,7 @@ def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
 
     # --- draws, in a fixed order -----------------------------------------------------------------------------
     if intensity is None:
-        intensity = float(np.clip(rng.beta(2.2, 1.4), 0.12, 1.0))
+        intensity = float(np.clip(rng.beta(2.5, 1.2), 0.12, 1.0))
     p = _expression_params(expression, float(intensity), rng)
 
     k = 2 if size >= 64 else int(math.ceil(128 / size))  # supersampling factor
@@ -161,10 +161,10 @@ def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
     iris_col = tuple(int(v) for v in rng.integers(20, 110, size=3))
     eye_sep = rng.uniform(0.31, 0.40)
     eye_y = -0.12 + rng.uniform(-0.03, 0.03)
-    brow_w = rng.uniform(0.035, 0.07)
+    brow_w = rng.uniform(0.045, 0.08)
     mouth_y = 0.50 + rng.uniform(-0.03, 0.03)
     mouth_w0 = rng.uniform(0.26, 0.32)
-    lip_w = rng.uniform(0.025, 0.045)
+    lip_w = rng.uniform(0.03, 0.05)
     asym_side = 1.0 if rng.random() < 0.5 else -1.0
     snarl_side = 1.0 if rng.random() < 0.5 else -1.0
 
@@ -233,7 +233,7 @@ def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
 
     # --- eyes -------------------------------------------------------------------------------------------------
     eye_open = float(np.clip(1.0 + p["eye"], 0.18, 1.9))
-    ew, eh = 0.13, 0.072
+    ew, eh = 0.14, 0.08
     n = 9
     us = np.linspace(-1.0, 1.0, n)
     for s in (-1, 1):
@@ -429,7 +429,8 @@ class _AtomicDir:
     """Build a directory in a hidden temporary sibling, then move it into place with one rename."""
 
     def __init__(self, target: Path, overwrite: bool):
-        self.target, self.overwrite = target, overwrite
+        # resolved, so that "." or a symlink to an empty directory still gets a real sibling and a real rename
+        self.target, self.overwrite = Path(os.path.abspath(target)).resolve(), overwrite
 
     def __enter__(self) -> Path:
         t = self.target
@@ -457,7 +458,7 @@ class _AtomicDir:
             if old is not None:
                 os.rename(old / "d", t)
                 shutil.rmtree(old, ignore_errors=True)
-            if read_marker(t) is not None:  # someone else finished the same job concurrently
+            if read_marker(t) is not None:  # a concurrent writer (e.g. another ensure_demo_rafdb) got there first
                 return False
             raise UserError(f"synthetic dataset: could not move the generated data into {t}: {err}") from err
         if old is not None:
@@ -465,8 +466,9 @@ class _AtomicDir:
         return False
 
 
-def _write_marker(root: Path, layout: str, args: dict, counts: dict) -> Path:
-    info = {"generator": GENERATOR, "version": VERSION, "layout": layout, "args": args, "counts": counts}
+def _write_marker(root: Path, layout: str, args: dict, counts: dict, **extra) -> Path:
+    """Write the marker (sorted keys, no timestamps, so it is byte-identical for equal arguments)."""
+    info = {"generator": GENERATOR, "version": VERSION, "layout": layout, "args": args, "counts": counts, **extra}
     path = root / MARKER_NAME
     path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
@@ -519,8 +521,8 @@ def write_rafdb(out_dir, num_train: int = 2400, num_test: int = 600, size: int =
                                                             encoding="utf-8")
         counts_json = {s: {str(c): n for c, n in cnt.items()} for s, _, cnt in splits}
         args = {"num_train": num_train, "num_test": num_test, "size": size, "seed": seed}
-        _write_marker(tmp, "rafdb-basic", args, {"names": {str(c): RAFDB_NAMES[c] for c in RAFDB_NAMES},
-                                                 **counts_json})
+        _write_marker(tmp, "rafdb-basic", args, counts_json,
+                      class_names={str(c): RAFDB_NAMES[c] for c in sorted(RAFDB_NAMES)})
     return {
         "root": str(out),
         "label_file": str(out / "basic" / "EmoLabel" / "list_patition_label.txt"),

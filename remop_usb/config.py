@@ -13,9 +13,9 @@ import argparse
 import difflib
 import os
 
-from semilearn.algorithms.utils import str2bool
+from . import registry  # first: imports USB quietly
+from semilearn.algorithms.utils import str2bool  # noqa: E402  (USB's, so its algorithms' bool options match)
 
-from . import registry
 from .errors import UserError, where
 from .optim import OPTIMIZERS, SCHEDULES
 
@@ -221,6 +221,18 @@ def _closest(key, valid):
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def _owner_of(key):
+    """'algorithm X' / 'imb_algorithm Y' when another registered algorithm declares ``key``."""
+    for kind, names, get in (("algorithm", registry.algorithms(), registry.algorithm_class),
+                             ("imb_algorithm", registry.imb_algorithms(), registry.imb_algorithm_class)):
+        for name in names:
+            cls = get(name)
+            declared = cls.get_argument() if hasattr(cls, "get_argument") else []
+            if any(a.name.lstrip("-") == key for a in declared):
+                return f"{kind} '{name}'"
+    return None
+
+
 def _resolve_names(cli_argv, yaml_values):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-alg", "--algorithm", default=None)
@@ -275,6 +287,10 @@ def parse_args(argv=None):
     for key, value in yaml_values.items():
         origin = where(known.c, yaml_lines.get(key))
         if key not in actions:
+            owner = _owner_of(key)
+            if owner:
+                raise UserError(f"{origin}: key '{key}' is an option of {owner}, which this run does not use "
+                                f"(algorithm: {algorithm}, imb_algorithm: {imb})")
             raise UserError(f"{origin}: unknown key '{key}'{_closest(key, list(actions))} "
                             f"(python train.py --c {known.c} --help lists the valid keys)")
         if key == "plugins":

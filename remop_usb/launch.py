@@ -123,6 +123,7 @@ def main_worker(gpu, ngpus_per_node, args):
     main_process = args.rank % ngpus_per_node == 0
     tb_log = TBLog(save_path, "tensorboard", use_tensorboard=args.use_tensorboard) if main_process else None
     logger = get_logger(args.save_name, save_path, "INFO" if main_process else "WARNING")
+    logger.setLevel(logging.INFO if main_process else logging.WARNING)  # basicConfig may already be taken
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.cuda.amp.GradScaler.*")

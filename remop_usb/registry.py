@@ -18,16 +18,14 @@ NETS = {"resnet18_fer": "remop_usb.nets.resnet_fer:resnet18_fer"}
 
 _loaded_plugins: set = set()
 
-
-def _quiet_import_semilearn():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecation notice on import
-        import semilearn  # noqa: F401  (runs USB's own registrations)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # timm's deprecation notice when USB imports it
+    warnings.filterwarnings("ignore", message=".*declarative_base.*")  # aim's, under SQLAlchemy 2
+    import semilearn  # noqa: F401,E402  (imported here first: runs USB's own registrations)
 
 
 def load(plugins=()):
     """Install the compat patches and register this package's (and ``plugins``') algorithms and nets."""
-    _quiet_import_semilearn()
     from . import usb_compat
 
     usb_compat.install()

@@ -1,0 +1,107 @@
+"""Config loading: USB key names, CLI over YAML, strict keys and types, presets."""
+
+import pytest
+
+from remop_usb.config import parse_args
+from remop_usb.errors import UserError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BASE = "algorithm: fixmatch\nimb_algorithm: remop\ndataset: rafdb\nnum_classes: 7\nnet: resnet18_fer\n"
+
+
+def test_command_line_overrides_yaml(tmp_path):
+    cfg = write(tmp_path, BASE + "lr: 0.5\nnum_labels: 100\n")
+    args = parse_args(["--c", cfg, "--lr", "0.25"])
+    assert args.lr == 0.25 and args.num_labels == 100
+    assert args.algorithm == "fixmatch" and args.imb_algorithm == "remop"
+
+
+def test_algorithm_options_come_from_usb_get_argument(tmp_path):
+    cfg = write(tmp_path, BASE + "p_cutoff: 0.9\nremop_beta: 0.3\n")
+    args = parse_args(["--c", cfg])
+    assert args.p_cutoff == 0.9 and args.remop_beta == 0.3
+    assert args.T == 0.5  # FixMatch's own default, declared by USB's FixMatch.get_argument()
+
+
+def test_yaml_numbers_in_any_spelling(tmp_path):
+    cfg = write(tmp_path, BASE + "lr: 1e-4\nremop_lambda_center: 1.0e-4\nnum_labels: 500\n")
+    args = parse_args(["--c", cfg])
+    assert args.lr == 1e-4 and args.remop_lambda_center == 1e-4 and args.num_labels == 500
+
+
+def test_unknown_key_names_file_line_and_closest(tmp_path):
+    cfg = write(tmp_path, BASE + "\n# comment\nnum_lables: 100\n")
+    with pytest.raises(UserError, match=r"c\.yaml:8: unknown key 'num_lables'; did you mean 'num_labels'\?"):
+        parse_args(["--c", cfg])
+
+
+def test_key_of_an_algorithm_not_in_use(tmp_path):
+    cfg = write(tmp_path, "algorithm: fixmatch\nremop_beta: 0.5\n")
+    with pytest.raises(UserError, match=r"c\.yaml:2: key 'remop_beta' is an option of imb_algorithm 'remop'"):
+        parse_args(["--c", cfg])
+
+
+@pytest.mark.parametrize("line,message", [
+    ("num_labels: many", r"c\.yaml:6: key 'num_labels' expects an integer, got 'many'"),
+    ("num_labels: 2.5", r"key 'num_labels' expects an integer, got 2.5"),
+    ("lr: [1, 2]", r"key 'lr' expects a number"),
+    ("use_cat: maybe", r"key 'use_cat' expects true or false, got 'maybe'"),
+    ("optim: Adagrad", r"key 'optim' must be one of SGD, AdamW, Adam; got 'Adagrad'"),
+    ("remop_mix: average", r"key 'remop_mix' must be one of prob, logit; got 'average'"),
+])
+def test_wrong_types_and_choices(tmp_path, line, message):
+    cfg = write(tmp_path, BASE + line + "\n")
+    with pytest.raises(UserError, match=message):
+        parse_args(["--c", cfg])
+
+
+def test_unknown_names_list_the_registered_ones(tmp_path):
+    with pytest.raises(UserError, match=r"unknown algorithm 'fixmach'; did you mean 'fixmatch'\? registered: .*"):
+        parse_args(["--c", write(tmp_path, "algorithm: fixmach\n")])
+    with pytest.raises(UserError, match=r"unknown imb_algorithm 'remopp'.*registered: abc, adsh, .*remop"):
+        parse_args(["--c", write(tmp_path, "imb_algorithm: remopp\n")])
+    with pytest.raises(UserError, match=r"unknown dataset 'rafbd'; did you mean 'rafdb'\?"):
+        parse_args(["--c", write(tmp_path, BASE.replace("rafdb", "rafbd"))])
+    with pytest.raises(UserError, match=r"unknown net 'resnet18_fr'; did you mean 'resnet18_fer'\?"):
+        parse_args(["--c", write(tmp_path, BASE.replace("resnet18_fer", "resnet18_fr"))])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
+        parse_args(["--c", str(tmp_path / "nope.yaml")])
+    with pytest.raises(UserError, match=r"c\.yaml:2: not valid YAML"):
+        parse_args(["--c", write(tmp_path, "algorithm: fixmatch\nlr: 0.1: x\n")])
+    with pytest.raises(UserError, match="must be a multiple of epoch"):
+        parse_args(["--c", write(tmp_path, BASE + "epoch: 3\nnum_train_iter: 100\n")])
+
+
+def test_official_preset_fills_only_keys_not_set_explicitly(tmp_path):
+    cfg = write(tmp_path, BASE + "remop_preset: official\nremop_mix: prob\n")
+    args = parse_args(["--c", cfg, "--remop_reg", "paper"])
+    assert args.remop_similarity == "dot"            # from the preset
+    assert args.remop_center_grad_scale == 1e4       # from the preset
+    assert args.ulb_loss_ratio == 0.2                # the released code's hidden unsupervised weight
+    assert args.remop_ulb_center_view == "strong" and args.remop_eval_centers == "live"
+    assert args.remop_mix == "prob"                  # YAML wins over the preset
+    assert args.remop_reg == "paper"                 # the command line wins over the preset
+
+
+def test_paper_is_the_default_preset(tmp_path):
+    args = parse_args(["--c", write(tmp_path, BASE)])
+    assert (args.remop_preset, args.remop_similarity, args.remop_mix, args.remop_reg) == (
+        "paper", "cosine", "prob", "paper")
+    assert args.remop_center_grad_scale == 1.0 and args.ulb_loss_ratio == 1.0
+
+
+def test_help_mentions_precedence_and_plugin_keys(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--c", write(tmp_path, BASE), "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "OVERRIDE the YAML" in out and "--remop_beta" in out and "--lr_schedule" in out

@@ -1,0 +1,92 @@
+"""Few-iteration train.py runs on generated data, through USB's real training loop, on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import train_argv
+from remop_usb.launch import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _results(save_dir, name):
+    with open(os.path.join(save_dir, name, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("config,algorithm,imb,heads", [
+    ("fixmatch", "fixmatch", None, {"linear"}),
+    ("remop_fixmatch", "fixmatch", "remop", {"mixture", "linear"}),
+    ("supervised", "supervised", None, {"linear"}),
+    ("remop_supervised", "supervised", "remop", {"mixture", "linear"}),
+])
+def test_few_iterations_write_results(tiny_rafdb, tmp_path, config, algorithm, imb, heads):
+    name = config
+    rc = main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{config}.yaml", save_name=name))
+    assert rc == 0
+    res = _results(tmp_path, name)
+    assert res["algorithm"] == algorithm and res["imb_algorithm"] == imb
+    assert res["dataset"] == "rafdb" and res["seed"] == 0
+    assert len(res["split_sha256"]) == 64
+    for which in ("best", "last"):
+        assert set(res[which]["heads"]) == heads
+        for report in res[which]["heads"].values():
+            cf = report["confusion_matrix"]
+            assert len(cf) == 7 and sum(map(sum, cf)) == 140  # every test image counted once
+            assert 0.0 <= report["overall_acc"] <= 100.0
+            assert set(report["per_class_acc"]) == {"neutral", "happy", "sad", "surprise", "fear", "disgust",
+                                                    "anger"}
+    # the split manifest sits beside results.json and carries the same hash
+    with open(os.path.join(tmp_path, name, "split.json")) as f:
+        assert json.load(f)["sha256"] == res["split_sha256"]
+
+
+def test_two_algorithms_get_the_identical_split(tiny_rafdb, tmp_path):
+    for alg in ("fixmatch", "supervised"):
+        assert main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{alg}.yaml", save_name=alg,
+                               num_train_iter=1, num_eval_iter=1)) == 0
+    a, b = (json.load(open(os.path.join(tmp_path, n, "split.json"))) for n in ("fixmatch", "supervised"))
+    assert a["sha256"] == b["sha256"] and a["lb_idx"] == b["lb_idx"] and a["ulb_idx"] == b["ulb_idx"]
+
+
+def test_usb_imbalanced_algorithms_train_on_cpu(tiny_rafdb, tmp_path):
+    for imb in ("abc", "adsh"):
+        assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/fixmatch.yaml", imb_algorithm=imb,
+                               save_name=imb,
+                               num_train_iter=4, epoch=2, num_eval_iter=2)) == 0
+        assert _results(tmp_path, imb)["imb_algorithm"] == imb
+
+
+def test_save_and_resume(tiny_rafdb, tmp_path):
+    argv = train_argv(tiny_rafdb, tmp_path, save_name="run", num_train_iter=4, num_eval_iter=2)
+    assert main(argv) == 0
+    first = torch.load(os.path.join(tmp_path, "run", "latest_model.pth"), weights_only=False)
+    # USB resumes at the next epoch, so the continued run has a second epoch to train
+    argv = train_argv(tiny_rafdb, tmp_path, save_name="run", num_train_iter=8, epoch=2, num_eval_iter=2,
+                      resume=True)
+    assert main(argv) == 0
+    second = torch.load(os.path.join(tmp_path, "run", "latest_model.pth"), weights_only=False)
+    assert second["it"] > first["it"]
+    log = open(os.path.join(tmp_path, "run", "log.txt")).read()
+    resumed = log[log.index("Model loaded"):]
+    assert " 1 iteration" not in resumed  # the resumed run did not start over
+    w1 = first["model"]["module.centers"]
+    w2 = second["model"]["module.centers"]
+    assert not torch.equal(w1, w2)
+
+
+def test_train_py_bad_input_is_one_line_without_traceback(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("algorithm: fixmatch\nnum_lables: 10\n")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--c", str(cfg)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {cfg}:2: unknown key 'num_lables'; did you mean 'num_labels'? "
+        f"(python train.py --c {cfg} --help lists the valid keys)"]
+    assert "Traceback" not in proc.stderr + proc.stdout
