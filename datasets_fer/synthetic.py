@@ -425,45 +425,75 @@ def _check_int(name, value, lo):
     return int(value)
 
 
-class _AtomicDir:
-    """Build a directory in a hidden temporary sibling, then move it into place with one rename."""
+PARTIAL_PREFIX = ".synthetic-partial-"
 
-    def __init__(self, target: Path, overwrite: bool):
-        # resolved, so that "." or a symlink to an empty directory still gets a real sibling and a real rename
-        self.target, self.overwrite = Path(os.path.abspath(target)).resolve(), overwrite
+
+class _AtomicDir:
+    """Build a dataset in a hidden temporary directory and move it into ``target`` only once it is complete.
+
+    * ``target`` missing: the data is built in a sibling ``.<name>.synthetic-partial-*`` and moved with one rename,
+      so ``target`` never exists half-written.
+    * ``target`` an existing empty directory (or, with ``overwrite``, a synthetic dataset): renaming onto it would
+      fail for a mount point (a container volume) and would strand a process whose working directory it is, so the
+      data is built in ``target/.synthetic-partial-*`` and its top-level entries are renamed in, the marker last.
+      Until the marker appears the directory does not count as a dataset (``overwrite`` removes the old marker
+      first), so an interruption can never leave something that passes for a complete dataset.
+    """
+
+    def __init__(self, target, overwrite: bool):
+        self.target, self.overwrite = Path(os.path.abspath(target)), overwrite
 
     def __enter__(self) -> Path:
         t = self.target
-        if t.exists() and not _is_empty_dir(t):
-            if not (self.overwrite and t.is_dir() and read_marker(t) is not None):
+        if t.exists() and not t.is_dir():
+            raise UserError(f"synthetic dataset: {t} exists and is not a directory")
+        self.in_place = t.is_dir()
+        if self.in_place:
+            if not _is_empty_dir(t) and not (self.overwrite and read_marker(t) is not None):
                 raise UserError(f"synthetic dataset: {t} already exists and is not empty "
                                 "(only an existing synthetic dataset can be overwritten)")
-        t.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.partial-", dir=t.parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=t))
+        else:
+            t.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}{PARTIAL_PREFIX}", dir=t.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        os.chmod(self.tmp, 0o755)  # mkdtemp makes it 0700
-        t, old = self.target, None
-        if t.exists() and not _is_empty_dir(t):  # overwrite: move the old dataset aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{t.name}.old-", dir=t.parent))
-            os.rename(t, old / "d")
+        tmp, t = self.tmp, self.target
         try:
-            os.rename(self.tmp, t)  # replaces an empty directory atomically on POSIX
-        except OSError as err:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if old is not None:
-                os.rename(old / "d", t)
-                shutil.rmtree(old, ignore_errors=True)
-            if read_marker(t) is not None:  # a concurrent writer (e.g. another ensure_demo_rafdb) got there first
+            if exc_type is not None:
                 return False
-            raise UserError(f"synthetic dataset: could not move the generated data into {t}: {err}") from err
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
+            if not self.in_place:
+                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+                try:
+                    os.rename(tmp, t)
+                except OSError as err:
+                    if read_marker(t) is not None:  # a concurrent writer got there first with its own copy
+                        return False
+                    raise UserError(f"synthetic dataset: could not move the generated data to {t}: {err}") from err
+                return False
+            entries = sorted(p.name for p in tmp.iterdir() if p.name != MARKER_NAME)
+            if self.overwrite:
+                (t / MARKER_NAME).unlink(missing_ok=True)  # from here on the old data no longer counts as complete
+            for name in entries:
+                dst = t / name
+                if os.path.lexists(dst):
+                    if not self.overwrite:
+                        if read_marker(t) is not None:
+                            return False
+                        raise UserError(f"synthetic dataset: {dst} appeared while the dataset was being written")
+                    os.rename(dst, tmp / f".old-{name}")  # removed with tmp below
+                os.rename(tmp / name, dst)
+            os.rename(tmp / MARKER_NAME, t / MARKER_NAME)
+            return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_marker(root: Path, layout: str, args: dict, counts: dict, **extra) -> Path:

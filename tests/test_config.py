@@ -105,3 +105,26 @@ def test_help_mentions_precedence_and_plugin_keys(tmp_path, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "OVERRIDE the YAML" in out and "--remop_beta" in out and "--lr_schedule" in out
+
+
+def test_every_shipped_config_parses():
+    import glob
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(glob.glob(os.path.join(repo, "config", "**", "*.yaml"), recursive=True))
+    assert len(files) >= 6
+    for path in files:
+        parse_args(["--c", path])
+
+
+def test_real_rafdb_config_has_the_papers_hyper_parameters():
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = parse_args(["--c", os.path.join(repo, "config", "remop_fixmatch_rafdb.yaml")])
+    assert (args.num_labels, args.lb_imb_ratio) == (500, 150)
+    assert (args.optim, args.lr, args.lr_schedule, args.batch_size, args.uratio) == ("Adam", 1e-4, "constant", 16, 1)
+    assert (args.epoch, args.num_train_iter, args.img_size) == (100, 100000, 224)
+    assert (args.p_cutoff, args.remop_beta, args.remop_lambda_center, args.remop_lambda_reg) == (0.95, 0.5, 1e-4, 0.1)
+    assert args.net == "resnet18_fer" and args.use_pretrain and args.pretrain_path.endswith("resnet18_msceleb.pth")

@@ -207,10 +207,18 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(syn, "render_face", flaky)
-    target = tmp_path / "rafdb"
+    target = tmp_path / "rafdb"  # missing: built in a hidden sibling, renamed at the end
     with pytest.raises(KeyboardInterrupt):
         write_rafdb(target, num_train=20, num_test=10, size=32)
     assert list(tmp_path.iterdir()) == []
+
+    calls["n"] = 0
+    target.mkdir()  # existing and empty (e.g. a mounted volume): built inside, moved in entry by entry
+    with pytest.raises(KeyboardInterrupt):
+        write_rafdb(target, num_train=20, num_test=10, size=32)
+    assert list(target.iterdir()) == []
+    monkeypatch.undo()
+    assert ensure_demo_rafdb(target, num_train=14, num_test=7, size=32) is True  # still counts as empty
 
 
 def test_refuses_non_empty_directory(tmp_path):
@@ -228,8 +236,20 @@ def test_overwrite_replaces_only_synthetic_data(tmp_path):
     write_rafdb(target, num_train=14, num_test=7, size=32)
     write_rafdb(target, num_train=21, num_test=7, size=32, overwrite=True)
     assert len(_labels(target)) == 28
+    assert len(list((target / IMAGE_DIR).iterdir())) == 28
     assert json.loads((target / MARKER_NAME).read_text())["args"]["num_train"] == 21
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert sorted(p.name for p in target.iterdir()) == [MARKER_NAME, "basic"]
+
+    (target / MARKER_NAME).unlink()  # no marker: not ours, so never overwritten
+    with pytest.raises(UserError, match="not empty"):
+        write_rafdb(target, num_train=14, num_test=7, size=32, overwrite=True)
+    assert len(_labels(target)) == 28
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        write_rafdb(a_file, num_train=14, num_test=7, size=32)
 
 
 @pytest.mark.parametrize("kwargs", [dict(num_train=-1), dict(size=8), dict(seed=-3), dict(num_test=True),
@@ -254,8 +274,11 @@ def test_ensure_demo_creates_then_skips(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
+    inode = empty.stat().st_ino
     assert ensure_demo_rafdb(empty, **kw) is True
-    assert (empty / MARKER_NAME).is_file()
+    assert sorted(p.name for p in empty.iterdir()) == [MARKER_NAME, "basic"]
+    assert empty.stat().st_ino == inode  # filled in place, not replaced: works for a mount point or the cwd
+    assert (empty / LABEL_FILE).read_bytes() == (target / LABEL_FILE).read_bytes()
 
     other = tmp_path / "other"
     other.mkdir()
