@@ -14,7 +14,7 @@ def _read_rafdb(data_dir):
     return read_rafdb(data_dir)
 
 
-#: dataset name -> (index reader, number of classes, synthetic writer for demo data)
+#: dataset name -> function(data_dir) returning the dataset's index (paths, canonical labels, num_classes)
 FER_DATASETS = {
     "rafdb": _read_rafdb,
 }

@@ -10,8 +10,9 @@ drawn cartoon faces instead. The pieces:
   ``(seed, stream, i, label, size)``, never on global RNG state or on the other images. Layout writers (RAF-DB here;
   FERPlus, CK+ or AffectNet later) only decide labels, names and file formats.
 * :func:`largest_remainder` scales a reference class histogram to an exact total.
-* :func:`write_rafdb` writes RAF-DB's basic layout atomically (temporary sibling directory, one rename), with a
-  marker file :data:`MARKER_NAME` describing the generator; :func:`ensure_demo_rafdb` creates it on first use.
+* :func:`write_rafdb` writes RAF-DB's basic layout atomically (built in a hidden temporary directory, renamed into
+  place at the end), with a marker file :data:`MARKER_NAME` describing the generator, written last;
+  :func:`ensure_demo_rafdb` creates it on first use.
 
 Same arguments give byte-identical files (for a given Pillow/libjpeg build, which does the JPEG encoding).
 """
@@ -37,7 +38,7 @@ from .labels import CANONICAL, RAFDB_NAMES, RAFDB_TO_CANONICAL
 
 GENERATOR = "remop-usb synthetic FER"
 #: Bump when the rendering or a layout changes, so a stale demo dataset can be recognised from its marker.
-VERSION = 1
+VERSION = 2
 MARKER_NAME = "SYNTHETIC_FER.json"
 JPEG_QUALITY = 95
 
@@ -137,17 +138,17 @@ def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
     expression, size = int(expression), int(size)
 
     # --- draws, in a fixed order -----------------------------------------------------------------------------
-    if intensity is None:
-        intensity = float(np.clip(rng.beta(2.5, 1.2), 0.12, 1.0))
+    drawn = float(np.clip(rng.beta(2.5, 1.2), 0.12, 1.0))  # always drawn, so `intensity` keeps the same identity
+    intensity = drawn if intensity is None else intensity
     p = _expression_params(expression, float(intensity), rng)
 
     k = 2 if size >= 64 else int(math.ceil(128 / size))  # supersampling factor
     R = size * k
-    scale = rng.uniform(0.8, 1.1)
+    scale = rng.uniform(1.0, 1.25)  # aligned crops: the face fills the frame, as after MTCNN alignment
     fh = 0.45 * R * scale * rng.uniform(0.94, 1.06)  # face half-height
     fw = fh * rng.uniform(0.70, 0.84)  # face half-width
     cx = R * (0.5 + rng.uniform(-0.05, 0.05))
-    cy = R * (0.55 + rng.uniform(-0.05, 0.05))
+    cy = R * (0.52 + rng.uniform(-0.04, 0.04))
     angle = rng.uniform(-15.0, 15.0)
     yaw = rng.uniform(-1.0, 1.0)
 

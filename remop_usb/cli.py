@@ -23,12 +23,14 @@ def _demo_data(argv):
     a = p.parse_args(argv)
     import os
 
+    from datasets_fer.labels import RAFDB_NAMES
     from datasets_fer.synthetic import write_rafdb
 
     if os.path.exists(a.out) and (not os.path.isdir(a.out) or os.listdir(a.out)):
         raise UserError(f"--out {a.out} exists and is not an empty folder")
     info = write_rafdb(a.out, num_train=a.num_train, num_test=a.num_test, size=a.size, seed=a.seed)
-    print(f"wrote synthetic RAF-DB to {a.out}: {info['train_counts'] if 'train_counts' in info else info}")
+    counts = {split: {RAFDB_NAMES[code]: n for code, n in per_code.items()} for split, per_code in info["counts"].items()}
+    print(f"wrote a synthetic RAF-DB to {a.out}: {counts}")
     return 0
 
 

@@ -15,6 +15,7 @@ torch.load weights_only=True     USB's own checkpoints are loaded with weights_o
 get_dataset is a fixed if/elif   FER datasets dispatched first, USB's names fall through
 optimizers SGD/AdamW only        :mod:`remop_usb.optim` adds Adam and a constant schedule
 supervised omits features        USB's ``supervised``/``fullysupervised`` re-registered returning ``feat``
+ABC evaluates logits_aux only    ABC declares its heads (aux first, linear beside it) for results.json
 ruamel.yaml >= 0.18 load()       configs are read by :mod:`remop_usb.config`, never by USB
 mp.spawn with zero GPUs          the launcher never spawns without GPUs (:mod:`remop_usb.launch`)
 ===============================  ==========================================================================
@@ -163,6 +164,13 @@ def _supervised_with_features():
     return Supervised
 
 
+def _declare_abc_heads():
+    """ABC predicts with its auxiliary balanced head; report it first and the linear head beside it."""
+    from semilearn.imb_algorithms.abc.abc import ABC
+
+    ABC.prediction_heads = (("aux", "logits_aux"), ("linear", "logits"))
+
+
 def install():
     """Apply every patch (idempotent). Called by ``remop_usb.registry.load()`` before anything is built."""
     global _INSTALLED
@@ -186,4 +194,5 @@ def install():
     algorithmbase.ImbAlgorithmBase.set_optimizer = optim.set_optimizer
     algorithmbase.get_dataset = fer_usb.dispatching_get_dataset(algorithmbase.get_dataset)
     _supervised_with_features()
+    _declare_abc_heads()
     _INSTALLED = True

@@ -27,8 +27,11 @@ def _results(save_dir, name):
 ])
 def test_few_iterations_write_results(tiny_rafdb, tmp_path, config, algorithm, imb, heads):
     name = config
-    rc = main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{config}.yaml", save_name=name))
+    rc = main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{config}.yaml", save_name=name,
+                         use_tensorboard=True))
     assert rc == 0
+    tb_dir = os.path.join(tmp_path, name, "tensorboard")
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tb_dir))  # USB's TensorBoard output
     res = _results(tmp_path, name)
     assert res["algorithm"] == algorithm and res["imb_algorithm"] == imb
     assert res["dataset"] == "rafdb" and res["seed"] == 0
@@ -59,7 +62,9 @@ def test_usb_imbalanced_algorithms_train_on_cpu(tiny_rafdb, tmp_path):
         assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/fixmatch.yaml", imb_algorithm=imb,
                                save_name=imb,
                                num_train_iter=4, epoch=2, num_eval_iter=2)) == 0
-        assert _results(tmp_path, imb)["imb_algorithm"] == imb
+        res = _results(tmp_path, imb)
+        assert res["imb_algorithm"] == imb
+        assert list(res["last"]["heads"]) == (["aux", "linear"] if imb == "abc" else ["linear"])
 
 
 def test_save_and_resume(tiny_rafdb, tmp_path):
