@@ -29,7 +29,6 @@ import json
 import math
 import operator
 import os
-import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -38,6 +37,7 @@ import numpy as np
 
 from datasets_fer.labels import CANONICAL
 from remop_usb.errors import UserError, where
+from remop_usb.fileio import write_json_atomic
 
 __all__ = ["imbalanced_counts", "frequency_rank", "Split", "make_split", "load_split", "split_seed_sequence"]
 
@@ -227,22 +227,7 @@ class Split:
 
     def save(self, path) -> str:
         """Write :meth:`manifest` as JSON to ``path`` atomically (temporary file + ``os.replace``); returns path."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".split-", suffix=".json.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.manifest(), fh, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_json_atomic(path, self.manifest(), sort_keys=True)
 
     def __eq__(self, other):
         if not isinstance(other, Split):

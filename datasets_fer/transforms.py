@@ -15,27 +15,23 @@ def _finish():
     return [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
 
 
-def weak_transform(img_size: int, crop_ratio: float = 0.875):
+def _weak_geometry(img_size, crop_ratio):
     pad = int(img_size * (1 - crop_ratio))
-    return transforms.Compose([
+    return [
         transforms.Resize((img_size, img_size)),
         transforms.RandomCrop(img_size, padding=pad, padding_mode="reflect"),
         transforms.RandomHorizontalFlip(),
-        *_finish(),
-    ])
+    ]
+
+
+def weak_transform(img_size: int, crop_ratio: float = 0.875):
+    return transforms.Compose([*_weak_geometry(img_size, crop_ratio), *_finish()])
 
 
 def strong_transform(img_size: int, crop_ratio: float = 0.875):
     from semilearn.datasets.augmentation import RandAugment
 
-    pad = int(img_size * (1 - crop_ratio))
-    return transforms.Compose([
-        transforms.Resize((img_size, img_size)),
-        transforms.RandomCrop(img_size, padding=pad, padding_mode="reflect"),
-        transforms.RandomHorizontalFlip(),
-        RandAugment(3, 5),
-        *_finish(),
-    ])
+    return transforms.Compose([*_weak_geometry(img_size, crop_ratio), RandAugment(3, 5), *_finish()])
 
 
 def eval_transform(img_size: int):

@@ -34,10 +34,21 @@ def load(plugins=()):
     for name, target in NETS.items():
         module_name, attr = target.split(":")
         setattr(semilearn.nets, name, getattr(importlib.import_module(module_name), attr))
-    for module_name in (*ALGORITHM_MODULES, *plugins):
+    for module_name in ALGORITHM_MODULES:
+        importlib.import_module(module_name)
+    for module_name in plugins:
         if module_name not in _loaded_plugins:
-            importlib.import_module(module_name)
+            _import_plugin(module_name)
             _loaded_plugins.add(module_name)
+
+
+def _import_plugin(module_name):
+    from .errors import UserError
+
+    try:
+        importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"plugins: cannot import '{module_name}': {err}") from None
 
 
 def algorithms():

@@ -7,21 +7,20 @@ test data. ``last`` is the final checkpoint, which involves no selection. Both a
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 from datasets_fer.labels import class_names
 
 from .evaluation import classification_report, heads_of, predict
+from .fileio import write_json_atomic
 
 
 def _evaluate_checkpoint(algorithm, path, names):
+    """Load ``path`` (model and EMA model) and report every prediction head on the eval split."""
     algorithm.load_model(path)
     heads = heads_of(algorithm)
     y_true, outputs = predict(algorithm, "eval", list(dict.fromkeys(k for _, k in heads)))
-    reports = {name: classification_report(y_true, outputs[key].argmax(axis=1), names) for name, key in heads}
-    return {"it": int(algorithm.best_it if path.endswith("model_best.pth") else algorithm.it), "heads": reports}
+    return {name: classification_report(y_true, outputs[key].argmax(axis=1), names) for name, key in heads}
 
 
 def _names_for(algorithm):
@@ -49,27 +48,15 @@ def write_results(algorithm, save_path):
         "selection": "best = highest eval/top-1-acc during training, eval = the test split (as in the paper); "
                      "last = final checkpoint",
     }
-    summary["last"] = _evaluate_checkpoint(algorithm, os.path.join(save_path, "latest_model.pth"), names)
-    summary["last"]["it"] = int(args.num_train_iter)
+    summary["last"] = {"it": int(args.num_train_iter),
+                       "heads": _evaluate_checkpoint(algorithm, os.path.join(save_path, "latest_model.pth"), names)}
     best_path = os.path.join(save_path, "model_best.pth")
-    summary["best"] = _evaluate_checkpoint(algorithm, best_path, names) if os.path.exists(best_path) else None
-    write_json_atomic(os.path.join(save_path, "results.json"), summary)
+    summary["best"] = None
+    if os.path.exists(best_path):
+        heads = _evaluate_checkpoint(algorithm, best_path, names)
+        summary["best"] = {"it": int(algorithm.best_it) + 1, "heads": heads}  # iterations done at that checkpoint
+    write_json_atomic(os.path.join(save_path, "results.json"), summary, indent=2)
     return summary
-
-
-def write_json_atomic(path, obj):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def one_line(summary):

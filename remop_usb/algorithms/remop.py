@@ -33,7 +33,7 @@ import contextlib
 from inspect import signature
 
 import torch
-from semilearn.algorithms.utils import SSL_Argument, str2bool  # noqa: F401  (str2bool kept for plugins)
+from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core import ImbAlgorithmBase
 from semilearn.core.utils import IMB_ALGORITHMS
 
