@@ -96,10 +96,13 @@ def build_algorithm(args, tb_log=None, logger=None):
     from .usb_compat import place_model
 
     net_builder = get_net_builder(args.net, args.net_from_name)
-    if args.imb_algorithm:
-        algorithm = get_imb_algorithm(args, net_builder, tb_log, logger)
-    else:
-        algorithm = get_algorithm(args, net_builder, tb_log, logger)
+    with warnings.catch_warnings():  # USB builds a CUDA GradScaler unconditionally; it disables itself on CPU
+        warnings.filterwarnings("ignore", message=".*torch.cuda.amp.GradScaler.*")
+        warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available.*")
+        if args.imb_algorithm:
+            algorithm = get_imb_algorithm(args, net_builder, tb_log, logger)
+        else:
+            algorithm = get_algorithm(args, net_builder, tb_log, logger)
     algorithm.model = place_model(args, algorithm.model)
     algorithm.ema_model = place_model(args, algorithm.ema_model, clip_batch=False)
     algorithm.ngpus_per_node = max(1, algorithm.ngpus_per_node)
@@ -125,10 +128,7 @@ def main_worker(gpu, ngpus_per_node, args):
     logger = get_logger(args.save_name, save_path, "INFO" if main_process else "WARNING")
     logger.setLevel(logging.INFO if main_process else logging.WARNING)  # basicConfig may already be taken
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.cuda.amp.GradScaler.*")
-        warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available.*")
-        algorithm = build_algorithm(args, tb_log, logger)
+    algorithm = build_algorithm(args, tb_log, logger)
     logger.info(f"Arguments: {algorithm.args}")
     if args.resume:
         if not os.path.exists(args.load_path):

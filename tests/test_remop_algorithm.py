@@ -1,0 +1,70 @@
+"""ReMoP inside USB's real FixMatch step: the base learner's pseudo-labels come from the mixture (Eq. 7)."""
+
+import torch
+
+from conftest import train_argv
+from remop_usb.config import parse_args
+from remop_usb.launch import build_algorithm, resolve_device
+
+
+def build(tiny_rafdb, tmp_path, **overrides):
+    args = parse_args(train_argv(tiny_rafdb, tmp_path, save_name="alg", **overrides))
+    resolve_device(args)
+    return build_algorithm(args)
+
+
+def one_batch(algorithm):
+    data_lb = next(iter(algorithm.loader_dict["train_lb"]))
+    data_ulb = next(iter(algorithm.loader_dict["train_ulb"]))
+    return algorithm.process_batch(**data_lb, **data_ulb)
+
+
+def test_fixmatch_masks_and_pseudo_labels_come_from_the_mixture(tiny_rafdb, tmp_path):
+    alg = build(tiny_rafdb, tmp_path)
+    seen = {}
+    original = alg.call_hook
+
+    def spy(fn_name, hook_name=None, *args, **kwargs):
+        if hook_name == "MaskingHook":
+            seen["probs"] = kwargs["logits_x_ulb"].clone()
+        if hook_name == "PseudoLabelingHook":
+            seen["pseudo_input"] = kwargs["logits"].clone()
+        return original(fn_name, hook_name, *args, **kwargs)
+
+    alg.call_hook = spy
+    batch = one_batch(alg)
+    n_lb, n_ulb = batch["y_lb"].shape[0], batch["x_ulb_w"].shape[0]
+    out, log = alg.train_step(**batch)
+    # FixMatch (use_cat) runs one forward over [x_lb, x_ulb_w, x_ulb_s]; rows n_lb.. n_lb+n_ulb are the weak view
+    (logits, mixture), = alg.recorder.records
+    weak_mixture = mixture[n_lb:n_lb + n_ulb]
+    assert torch.equal(seen["probs"], weak_mixture)
+    assert torch.equal(seen["pseudo_input"], weak_mixture)
+    # and it is Eq. 6, not the softmax of the linear logits
+    assert not torch.allclose(weak_mixture, torch.softmax(logits[n_lb:n_lb + n_ulb], dim=-1))
+    assert torch.isfinite(out["loss"]) and set(log) >= {"train/remop_center_loss", "train/remop_reg_loss"}
+
+
+def test_losses_finite_and_centers_learn_when_nothing_is_confident(tiny_rafdb, tmp_path):
+    alg = build(tiny_rafdb, tmp_path, remop_p_cutoff=1.5, p_cutoff=1.5)
+    out, log = alg.train_step(**one_batch(alg))
+    assert log["train/remop_mask"] == 0.0
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    grad = alg.model.module.centers.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_official_preset_evaluates_with_the_live_centers(tiny_rafdb, tmp_path):
+    alg = build(tiny_rafdb, tmp_path, remop_preset="official")
+    live, ema = alg.model.module.centers, alg.ema_model.module.centers
+    with torch.no_grad():
+        live.add_(1.0)  # the live centers move away from the EMA ones
+    saved = ema.detach().clone()
+    with alg.eval_context():
+        assert torch.equal(ema, live)
+    assert torch.equal(ema, saved)  # restored afterwards
+    assert alg.center_grad_scale == 1e4
+    live.grad = None
+    live.sum().backward()
+    assert torch.allclose(live.grad, torch.full_like(live, 1e4))  # released code: grad * 1/lambda1
