@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 
 from . import registry  # first: imports USB quietly
@@ -180,7 +181,7 @@ def _plain(value):
 
 
 def _type_name(t):
-    return {int: "an integer", float: "a number", str: "a string", str2bool: "true or false"}.get(t, str(t))
+    return {int: "an integer", float: "a finite number", str: "a string", str2bool: "true or false"}.get(t, str(t))
 
 
 def convert_value(key, value, action, origin):
@@ -204,6 +205,8 @@ def convert_value(key, value, action, origin):
             if isinstance(value, bool):
                 raise ValueError
             result = float(value)
+            if not math.isfinite(result):
+                raise ValueError
         elif t is str or t is None:
             result = str(value)
         else:
@@ -312,6 +315,9 @@ def parse_args(argv=None):
 
 def validate(args):
     """Checks across keys that argparse cannot do."""
+    for key, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"key '{key}' must be a finite number, got {value}")
     if args.epoch < 1 or args.num_train_iter < 1:
         raise UserError(f"epoch ({args.epoch}) and num_train_iter ({args.num_train_iter}) must be positive")
     if args.num_train_iter % args.epoch:

@@ -16,6 +16,7 @@ get_dataset is a fixed if/elif   FER datasets dispatched first, USB's names fall
 optimizers SGD/AdamW only        :mod:`remop_usb.optim` adds Adam and a constant schedule
 supervised omits features        USB's ``supervised``/``fullysupervised`` re-registered returning ``feat``
 ABC evaluates logits_aux only    ABC declares its heads (aux first, linear beside it) for results.json
+NaN losses are stepped on         ParamUpdateHook stops training on a non-finite loss, naming step and terms
 ruamel.yaml >= 0.18 load()       configs are read by :mod:`remop_usb.config`, never by USB
 mp.spawn with zero GPUs          the launcher never spawns without GPUs (:mod:`remop_usb.launch`)
 ===============================  ==========================================================================
@@ -23,11 +24,14 @@ mp.spawn with zero GPUs          the launcher never spawns without GPUs (:mod:`r
 
 from __future__ import annotations
 
+import math
 import time
 from inspect import signature
 
 import torch
 import torch.nn as nn
+
+from .errors import UserError
 
 _INSTALLED = False
 
@@ -125,6 +129,27 @@ def _load_model_trusting_own_checkpoints(original):
     return load_model
 
 
+class NonFiniteLoss(UserError):
+    """Training stopped because a loss was NaN or infinite, before that step touched the weights."""
+
+
+def _stop_on_non_finite_loss(original):
+    """Wrap ParamUpdateHook.after_train_step: a NaN/inf loss stops training before backward() and the step."""
+
+    def after_train_step(self, algorithm):
+        loss = algorithm.out_dict["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            terms = [f"{k}={v}" for k, v in algorithm.log_dict.items()
+                     if isinstance(v, (int, float)) and not math.isfinite(v)]
+            raise NonFiniteLoss(
+                f"the loss is not finite at iteration {algorithm.it + 1} "
+                f"({', '.join(terms) if terms else 'loss=' + str(loss.item())}); training stopped before this step "
+                f"updated the weights (the last checkpoint is in {algorithm.save_dir}/{algorithm.save_name})")
+        return original(self, algorithm)
+
+    return after_train_step
+
+
 def _supervised_with_features():
     """USB's supervised learner returns no features (ReMoP and ABC read them) and trains one step too many."""
     from semilearn.algorithms.fullysupervised.fullysupervised import FullySupervised
@@ -182,6 +207,9 @@ def install():
     from . import evaluation, optim
     from datasets_fer import usb as fer_usb
 
+    from semilearn.core.hooks import ParamUpdateHook
+
+    ParamUpdateHook.after_train_step = _stop_on_non_finite_loss(ParamUpdateHook.after_train_step)
     TimerHook.before_run = _timer_before_run
     TimerHook.before_train_step = _timer_before_train_step
     TimerHook.after_train_step = _timer_after_train_step

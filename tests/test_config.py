@@ -50,7 +50,7 @@ def test_key_of_an_algorithm_not_in_use(tmp_path):
 @pytest.mark.parametrize("line,message", [
     ("num_labels: many", r"c\.yaml:6: key 'num_labels' expects an integer, got 'many'"),
     ("num_labels: 2.5", r"key 'num_labels' expects an integer, got 2.5"),
-    ("lr: [1, 2]", r"key 'lr' expects a number"),
+    ("lr: [1, 2]", r"key 'lr' expects a finite number"),
     ("use_cat: maybe", r"key 'use_cat' expects true or false, got 'maybe'"),
     ("optim: Adagrad", r"key 'optim' must be one of SGD, AdamW, Adam; got 'Adagrad'"),
     ("remop_mix: average", r"key 'remop_mix' must be one of prob, logit; got 'average'"),

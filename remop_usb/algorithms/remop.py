@@ -19,7 +19,9 @@ Options reproducing the authors' released code (each a key; ``remop_preset: offi
 1. ``remop_similarity: dot`` -- raw dot product of features and centers instead of the cosine;
 2. ``remop_mix: logit`` -- softmax of the mixed logits instead of mixing probabilities;
 3. ``remop_reg: frobenius`` -- the Frobenius-norm form of the regularizer;
-4. ``remop_center_grad_scale: 10000`` -- the centers' gradient multiplied by 1/lambda1 before the step;
+4. ``remop_center_grad_scale: 10000`` -- the centers' gradient multiplied by 1/lambda1 before the step (the
+   released code steps the centers with a separate Adam of the same lr; Adam being per-parameter, keeping them in
+   the model's optimizer is the same update);
 5. ``ulb_loss_ratio: 0.2`` -- the released code's hidden weight on the unsupervised loss;
 6. ``remop_ulb_center_view: strong`` and ``remop_center_reduction: mean`` -- the unlabeled center loss on the
    confident strong-view features, each part averaged (where the released code gets 0/0 = NaN with no confident
