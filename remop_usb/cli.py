@@ -1,6 +1,7 @@
 """The ``remop-usb`` command: ``remop-usb <subcommand> ...``.
 
-Subcommands: ``train`` (same as ``python train.py``) and ``demo-data`` (write the synthetic RAF-DB).
+Subcommands: ``train`` (same as ``python train.py``), ``demo-data`` (write the synthetic RAF-DB) and ``bench``
+(training-step cost of ReMoP+FixMatch, FixMatch and plain PyTorch; see :mod:`remop_usb.bench`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ def _train(argv):
     return train_main(argv)
 
 
-COMMANDS = {"train": _train, "demo-data": _demo_data}
+def _bench(argv):
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
+COMMANDS = {"train": _train, "demo-data": _demo_data, "bench": _bench}
 
 
 def main(argv=None):
