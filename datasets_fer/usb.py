@@ -8,6 +8,7 @@ and written as ``split.json`` in the run's save dir.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -79,10 +80,16 @@ def _report_split(args, split, names, test_labels):
                      for i, n in enumerate(names))
     print(f"[remop-usb] split {args.dataset} N1={args.num_labels} gamma={args.lb_imb_ratio} seed={args.seed} "
           f"sha256={split.sha256} (labeled/unlabeled/test: {rows})")
+    manifest = os.path.join(args.save_dir, args.save_name, "split.json")
+    if getattr(args, "resume", False) and os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            started_with = json.load(f).get("sha256")
+        if started_with != split.sha256:
+            raise UserError(f"resume: this run's split (sha256 {split.sha256[:12]}) differs from the one it "
+                            f"started with ({str(started_with)[:12]} in {manifest}); the dataset files, "
+                            f"num_labels, lb_imb_ratio or seed changed")
     if getattr(args, "rank", 0) == 0:
-        save_path = os.path.join(args.save_dir, args.save_name)
-        os.makedirs(save_path, exist_ok=True)
-        split.save(os.path.join(save_path, "split.json"))
+        split.save(manifest)
 
 
 def dispatching_get_dataset(usb_get_dataset):

@@ -95,3 +95,13 @@ def test_train_py_bad_input_is_one_line_without_traceback(tmp_path):
         f"error: {cfg}:2: unknown key 'num_lables'; did you mean 'num_labels'? "
         f"(python train.py --c {cfg} --help lists the valid keys)"]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_resuming_with_a_different_split_stops(tiny_rafdb, tmp_path, capsys):
+    assert main(train_argv(tiny_rafdb, tmp_path, save_name="run", num_train_iter=2, num_eval_iter=2)) == 0
+    capsys.readouterr()
+    argv = train_argv(tiny_rafdb, tmp_path, save_name="run", num_train_iter=4, epoch=2, num_eval_iter=2,
+                      resume=True, seed=1)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resume: this run's split" in err[0] and "differs from the one it started with" in err[0]
