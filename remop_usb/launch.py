@@ -70,7 +70,10 @@ def main(argv=None):
 
 def run(args):
     device = resolve_device(args)
-    prepare_save_dir(args)
+    if args.rank == 0:
+        prepare_save_dir(args)
+    elif args.resume and args.load_path is None:
+        args.load_path = os.path.join(args.save_dir, args.save_name, "latest_model.pth")
     print(f"[remop-usb] {args.algorithm}{'+' + args.imb_algorithm if args.imb_algorithm else ''} on "
           f"{args.dataset}, device {device}")
     if args.multiprocessing_distributed:
@@ -78,7 +81,13 @@ def run(args):
         args.world_size = ngpus * args.world_size
         torch.multiprocessing.spawn(main_worker, nprocs=ngpus, args=(ngpus, args))
         return None
-    return main_worker(args.gpu, max(1, torch.cuda.device_count()), args)
+    return main_worker(args.gpu, processes_per_node(args), args)
+
+
+def processes_per_node(args):
+    """USB's ``ngpus_per_node``: GPUs on this node, or -- for CPU processes (gloo) -- every process of the run."""
+    return torch.cuda.device_count() if args.gpu is not None or args.multiprocessing_distributed \
+        else max(1, args.world_size)
 
 
 def seed_everything(seed):
@@ -87,7 +96,7 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def build_algorithm(args, tb_log=None, logger=None):
+def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
     """USB's algorithm object (plain or wrapped by the imbalanced algorithm), models placed on the device."""
     from semilearn.algorithms import get_algorithm
     from semilearn.core.utils import get_net_builder
@@ -105,14 +114,14 @@ def build_algorithm(args, tb_log=None, logger=None):
             algorithm = get_algorithm(args, net_builder, tb_log, logger)
     algorithm.model = place_model(args, algorithm.model)
     algorithm.ema_model = place_model(args, algorithm.ema_model, clip_batch=False)
-    algorithm.ngpus_per_node = max(1, algorithm.ngpus_per_node)
+    # USB's hooks pick the saving process with rank % ngpus_per_node (0 on CPU) and multiprocessing_distributed
+    algorithm.ngpus_per_node = processes_per_node(args) if ngpus_per_node is None else ngpus_per_node
     return algorithm
 
 
-def main_worker(gpu, ngpus_per_node, args):
+def train_worker(gpu, ngpus_per_node, args):
+    """One training process: distributed set-up, logger, algorithm, optional resume, ``algorithm.train()``."""
     from semilearn.core.utils import TBLog, get_logger
-
-    from . import results
 
     args.gpu = gpu
     seed_everything(args.seed)
@@ -122,13 +131,15 @@ def main_worker(gpu, ngpus_per_node, args):
             args.rank = args.rank * ngpus_per_node + gpu
         torch.distributed.init_process_group(backend=args.dist_backend, init_method=args.dist_url,
                                              world_size=args.world_size, rank=args.rank)
+        # USB's EvaluationHook saves on every process unless multiprocessing_distributed is set
+        args.multiprocessing_distributed = True
     save_path = os.path.join(args.save_dir, args.save_name)
     main_process = args.rank % ngpus_per_node == 0
     tb_log = TBLog(save_path, "tensorboard", use_tensorboard=args.use_tensorboard) if main_process else None
     logger = get_logger(args.save_name, save_path, "INFO" if main_process else "WARNING")
     logger.setLevel(logging.INFO if main_process else logging.WARNING)  # basicConfig may already be taken
 
-    algorithm = build_algorithm(args, tb_log, logger)
+    algorithm = build_algorithm(args, tb_log, logger, ngpus_per_node)
     logger.info(f"Arguments: {algorithm.args}")
     if args.resume:
         if not os.path.exists(args.load_path):
@@ -137,8 +148,17 @@ def main_worker(gpu, ngpus_per_node, args):
     algorithm.train()
     for key, item in algorithm.results_dict.items():
         logger.info(f"Model result - {key} : {item}")
+    return algorithm, main_process
+
+
+def main_worker(gpu, ngpus_per_node, args):
+    """Train, then (main process only) write results.json and print the one-line summary."""
+    from . import results
+
+    algorithm, main_process = train_worker(gpu, ngpus_per_node, args)
     summary = None
     if main_process:
+        save_path = os.path.join(args.save_dir, args.save_name)
         summary = results.write_results(algorithm, save_path)
         print(results.one_line(summary))
     logging.getLogger(args.save_name).handlers.clear()

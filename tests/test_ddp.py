@@ -1,0 +1,45 @@
+"""USB's distributed path on CPU: two processes (gloo) train ReMoP+FixMatch and end with identical weights."""
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from conftest import train_argv
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, argv, out_dir):
+    from remop_usb.config import parse_args
+    from remop_usb.launch import processes_per_node, resolve_device, train_worker
+    from remop_usb.usb_compat import unwrap
+
+    args = parse_args(argv + ["--rank", str(rank)])
+    resolve_device(args)
+    algorithm, main_process = train_worker(None, processes_per_node(args), args)
+    params = {k: v.detach().clone() for k, v in unwrap(algorithm.model).named_parameters()}
+    torch.save({"params": params, "main": main_process, "ddp": type(algorithm.model).__name__,
+                "backend": torch.distributed.get_backend()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_cpu_processes_agree_on_the_final_weights(tiny_rafdb, tmp_path):
+    argv = train_argv(tiny_rafdb, tmp_path / "runs", save_name="ddp", num_train_iter=3, num_eval_iter=3,
+                      world_size=2, dist_url=f"tcp://127.0.0.1:{_free_port()}")
+    mp.spawn(_worker, args=(argv, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert (r0["ddp"], r1["ddp"]) == ("DistributedDataParallel", "DistributedDataParallel")
+    assert r0["backend"] == "gloo" and (r0["main"], r1["main"]) == (True, False)
+    assert r0["params"].keys() == r1["params"].keys() and "centers" in r0["params"]
+    for name in r0["params"]:
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+    # only the main process wrote checkpoints, and training moved the weights away from the initialisation
+    assert os.path.exists(tmp_path / "runs" / "ddp" / "latest_model.pth")
+    first = torch.load(tmp_path / "runs" / "ddp" / "latest_model.pth", weights_only=False)
+    assert first["it"] >= 3
