@@ -308,7 +308,6 @@ def parse_args(argv=None):
     explicit = set(yaml_values) | set(vars(explicit_parser.parse_args(argv)))
     args.algorithm, args.imb_algorithm = algorithm, imb
     _apply_presets(args, explicit)
-    args.config_file = known.c
     validate(args)
     return args
 
