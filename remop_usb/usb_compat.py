@@ -17,6 +17,7 @@ optimizers SGD/AdamW only        :mod:`remop_usb.optim` adds Adam and a constant
 supervised omits features        USB's ``supervised``/``fullysupervised`` re-registered returning ``feat``
 ABC evaluates logits_aux only    ABC declares its heads (aux first, linear beside it) for results.json
 NaN losses are stepped on         ParamUpdateHook stops training on a non-finite loss, naming step and terms
+checkpoints store it+1, epoch+1   completed iterations and their epoch, so a resumed run finishes every step
 ruamel.yaml >= 0.18 load()       configs are read by :mod:`remop_usb.config`, never by USB
 mp.spawn with zero GPUs          the launcher never spawns without GPUs (:mod:`remop_usb.launch`)
 ===============================  ==========================================================================
@@ -150,6 +151,21 @@ def _stop_on_non_finite_loss(original):
     return after_train_step
 
 
+def _save_progress_exactly(original):
+    """USB stores ``it + 1`` and ``epoch + 1`` in every checkpoint. Mid-epoch that makes a resumed run skip to the
+    next epoch and finish short of num_train_iter; after the last step (``it`` already incremented) it is one too
+    many. Store the number of completed iterations and the epoch they fall in instead."""
+
+    def get_save_dict(self):
+        save_dict = original(self)
+        completed = min(self.it + 1, self.num_train_iter)
+        save_dict["it"] = completed
+        save_dict["epoch"] = completed // max(1, self.num_iter_per_epoch)
+        return save_dict
+
+    return get_save_dict
+
+
 def _supervised_with_features():
     """USB's supervised learner returns no features (ReMoP and ABC read them) and trains one step too many."""
     from semilearn.algorithms.fullysupervised.fullysupervised import FullySupervised
@@ -218,6 +234,7 @@ def install():
     algorithmbase.AlgorithmBase.evaluate = evaluation.evaluate
     algorithmbase.AlgorithmBase.load_model = _load_model_trusting_own_checkpoints(
         algorithmbase.AlgorithmBase.load_model)
+    algorithmbase.AlgorithmBase.get_save_dict = _save_progress_exactly(algorithmbase.AlgorithmBase.get_save_dict)
     algorithmbase.AlgorithmBase.set_optimizer = optim.set_optimizer
     algorithmbase.ImbAlgorithmBase.set_optimizer = optim.set_optimizer
     algorithmbase.get_dataset = fer_usb.dispatching_get_dataset(algorithmbase.get_dataset)

@@ -76,10 +76,10 @@ def test_save_and_resume(tiny_rafdb, tmp_path):
                       resume=True)
     assert main(argv) == 0
     second = torch.load(os.path.join(tmp_path, "run", "latest_model.pth"), weights_only=False)
-    assert second["it"] > first["it"]
+    assert (first["it"], second["it"]) == (4, 8)  # completed iterations, exactly
     log = open(os.path.join(tmp_path, "run", "log.txt")).read()
     resumed = log[log.index("Model loaded"):]
-    assert " 1 iteration" not in resumed  # the resumed run did not start over
+    assert "INFO] 5 iteration" in resumed and "INFO] 1 iteration" not in resumed  # continued at step 5
     w1 = first["model"]["module.centers"]
     w2 = second["model"]["module.centers"]
     assert not torch.equal(w1, w2)
@@ -105,3 +105,19 @@ def test_resuming_with_a_different_split_stops(tiny_rafdb, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "resume: this run's split" in err[0] and "differs from the one it started with" in err[0]
+
+
+def test_checkpoints_record_completed_iterations_and_their_epoch(tiny_rafdb, tmp_path):
+    from remop_usb.config import parse_args
+    from remop_usb.launch import build_algorithm, resolve_device
+
+    args = parse_args(train_argv(tiny_rafdb, tmp_path, save_name="ckpt", num_train_iter=8, epoch=2))
+    resolve_device(args)
+    alg = build_algorithm(args)
+    assert alg.num_iter_per_epoch == 4
+    alg.it, alg.epoch = 5, 1  # saved from inside step index 5: 6 steps done, the second epoch (index 1) unfinished
+    d = alg.get_save_dict()
+    assert (d["it"], d["epoch"]) == (6, 1)  # USB would store epoch 2 and skip the rest of epoch 1 on resume
+    alg.it, alg.epoch = 8, 1  # after the loop: it already counts all 8 steps
+    d = alg.get_save_dict()
+    assert (d["it"], d["epoch"]) == (8, 2)  # USB would store 9
