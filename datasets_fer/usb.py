@@ -56,7 +56,7 @@ def build_fer_datasets(args, algorithm: str):
     split = make_split(args.dataset, index.train_labels, index.num_classes, args.num_labels,
                        args.lb_imb_ratio, args.seed, include_lb_to_ulb=args.include_lb_to_ulb)
     names = class_names(index.num_classes)
-    _report_split(args, split, names, index.test_labels)
+    _record_split(args, split, names, index.test_labels)
 
     train_paths = np.asarray(index.train_paths, dtype=object)
     labels = np.asarray(index.train_labels, dtype=np.int64)
@@ -73,7 +73,8 @@ def build_fer_datasets(args, algorithm: str):
     return {"train_lb": lb, "train_ulb": ulb, "eval": test, "test": None}
 
 
-def _report_split(args, split, names, test_labels):
+def _record_split(args, split, names, test_labels):
+    """Print the split, check it against the one a resumed run started with, write split.json (rank 0)."""
     args.split_sha256 = split.sha256
     test_counts = np.bincount(np.asarray(test_labels, dtype=np.int64), minlength=len(names))
     rows = ", ".join(f"{n} {split.lb_counts[i]}/{split.ulb_counts[i]}/{int(test_counts[i])}"

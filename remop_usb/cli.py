@@ -7,6 +7,7 @@ Subcommands: ``train`` (same as ``python train.py``), ``demo-data`` (write the s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -22,8 +23,6 @@ def _demo_data(argv):
     p.add_argument("--size", type=int, default=100, help="image side in pixels (RAF-DB aligned: 100)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    import os
-
     from datasets_fer.labels import RAFDB_NAMES
     from datasets_fer.synthetic import write_rafdb
 

@@ -124,19 +124,17 @@ def _add_algorithm_arguments(p, cls, title):
 
 
 def build_parser(algorithm=None, imb_algorithm=None, suppress_defaults=False):
-    kw = {"argument_default": argparse.SUPPRESS} if suppress_defaults else {}
     p = argparse.ArgumentParser(prog="train.py", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_usb_arguments(p)
-    if suppress_defaults:
-        for action in p._actions:
-            action.default = argparse.SUPPRESS
+    p.add_argument("--plugins", nargs="*", default=[], help="[plugin] modules to import before building the "
+                   "algorithm (they may register algorithms, nets, datasets)")
     if algorithm:
         _add_algorithm_arguments(p, registry.algorithm_class(algorithm), f"algorithm '{algorithm}'")
     if imb_algorithm:
         _add_algorithm_arguments(p, registry.imb_algorithm_class(imb_algorithm),
                                  f"imbalanced algorithm '{imb_algorithm}'")
-    if suppress_defaults:
+    if suppress_defaults:  # a parser that returns only what the command line sets
         for action in p._actions:
             action.default = argparse.SUPPRESS
     return p
@@ -283,8 +281,6 @@ def parse_args(argv=None):
     algorithm, imb = _resolve_names(argv, yaml_values)
 
     parser = build_parser(algorithm, imb)
-    parser.add_argument("--plugins", nargs="*", default=[], help="[plugin] modules to import before building "
-                        "the algorithm (they may register algorithms, nets, datasets)")
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     defaults = {}
     for key, value in yaml_values.items():
@@ -303,9 +299,7 @@ def parse_args(argv=None):
     parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
 
-    explicit_parser = build_parser(algorithm, imb, suppress_defaults=True)
-    explicit_parser.add_argument("--plugins", nargs="*", default=argparse.SUPPRESS)
-    explicit = set(yaml_values) | set(vars(explicit_parser.parse_args(argv)))
+    explicit = set(yaml_values) | set(vars(build_parser(algorithm, imb, suppress_defaults=True).parse_args(argv)))
     args.algorithm, args.imb_algorithm = algorithm, imb
     _apply_presets(args, explicit)
     validate(args)

@@ -33,6 +33,11 @@ def heads_of(algorithm, out_key="logits"):
     return [("linear" if out_key == "logits" else out_key, out_key)]
 
 
+def output_keys(heads):
+    """The distinct model-output keys the heads read, in order."""
+    return list(dict.fromkeys(key for _, key in heads))
+
+
 @torch.no_grad()
 def predict(algorithm, dest, keys):
     """Run the EMA model over loader ``dest``; returns (y_true, {key: N x K numpy array})."""
@@ -60,7 +65,7 @@ def predict(algorithm, dest, keys):
 def evaluate(self, eval_dest="eval", out_key="logits", return_logits=False):
     """Drop-in for ``AlgorithmBase.evaluate``: same keys, every head, no ``.cuda``."""
     heads = heads_of(self, out_key)
-    keys = list(dict.fromkeys(k for _, k in heads))
+    keys = output_keys(heads)
     loss_key = "logits" if "logits" in keys else keys[0]
     y_true, outputs = predict(self, eval_dest, keys)
     primary = outputs[heads[0][1]]

@@ -44,15 +44,12 @@ def resolve_device(args):
 
 
 def prepare_save_dir(args):
+    """Rank 0 only: a fresh run replaces an existing save dir (USB's overwrite), a resumed one keeps it."""
     save_path = os.path.join(args.save_dir, args.save_name)
-    if args.resume:
-        if args.load_path is None:
-            args.load_path = os.path.join(save_path, "latest_model.pth")
-    elif os.path.exists(save_path):
+    if not args.resume and os.path.exists(save_path):
         if not args.overwrite:
             raise UserError(f"save dir {save_path} exists and overwrite is False (set resume: True to continue it)")
         shutil.rmtree(save_path)
-    return save_path
 
 
 def main(argv=None):
@@ -70,10 +67,10 @@ def main(argv=None):
 
 def run(args):
     device = resolve_device(args)
+    if args.resume and args.load_path is None:
+        args.load_path = os.path.join(args.save_dir, args.save_name, "latest_model.pth")
     if args.rank == 0:
         prepare_save_dir(args)
-    elif args.resume and args.load_path is None:
-        args.load_path = os.path.join(args.save_dir, args.save_name, "latest_model.pth")
     print(f"[remop-usb] {args.algorithm}{'+' + args.imb_algorithm if args.imb_algorithm else ''} on "
           f"{args.dataset}, device {device}")
     if args.multiprocessing_distributed:

@@ -11,7 +11,7 @@ import os
 
 from datasets_fer.labels import class_names
 
-from .evaluation import classification_report, heads_of, predict
+from .evaluation import classification_report, heads_of, output_keys, predict
 from .fileio import write_json_atomic
 
 
@@ -19,7 +19,7 @@ def _evaluate_checkpoint(algorithm, path, names):
     """Load ``path`` (model and EMA model) and report every prediction head on the eval split."""
     algorithm.load_model(path)
     heads = heads_of(algorithm)
-    y_true, outputs = predict(algorithm, "eval", list(dict.fromkeys(k for _, k in heads)))
+    y_true, outputs = predict(algorithm, "eval", output_keys(heads))
     return {name: classification_report(y_true, outputs[key].argmax(axis=1), names) for name, key in heads}
 
 

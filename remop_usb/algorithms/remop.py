@@ -39,6 +39,7 @@ from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core import ImbAlgorithmBase
 from semilearn.core.utils import IMB_ALGORITHMS
 
+from ..usb_compat import unwrap
 from .feature_classifier import (
     CENTER_REDUCTIONS,
     MIXES,
@@ -159,7 +160,7 @@ class ReMoP(ImbAlgorithmBase):
         if "x_lb" not in feats:
             raise RuntimeError(f"ReMoP needs out_dict['feat']['x_lb'] from the base algorithm "
                                f"'{self.args.algorithm}' (USB's process_out_dict(feat=...) contract)")
-        centers = self.model.module.centers if hasattr(self.model, "module") else self.model.centers
+        centers = unwrap(self.model).centers
         groups = [center_sq_distances(feats["x_lb"], centers, kwargs["y_lb"])]
         mask_rate = 0.0
         if self._mixture_ulb is not None:
@@ -185,14 +186,13 @@ class ReMoP(ImbAlgorithmBase):
         if self.eval_centers != "live":
             yield
             return
-        ema_net = self.ema_model.module if hasattr(self.ema_model, "module") else self.ema_model
-        live = self.model.module.centers if hasattr(self.model, "module") else self.model.centers
-        saved = ema_net.centers.data.clone()
-        ema_net.centers.data.copy_(live.data)
+        ema_centers, live = unwrap(self.ema_model).centers, unwrap(self.model).centers
+        saved = ema_centers.data.clone()
+        ema_centers.data.copy_(live.data)
         try:
             yield
         finally:
-            ema_net.centers.data.copy_(saved)
+            ema_centers.data.copy_(saved)
 
     @staticmethod
     def get_argument():
