@@ -25,5 +25,8 @@ setup(
         "wandb",
     ],
     extras_require={"test": ["pytest"]},
+    # A separate package extends remop-usb without editing it by declaring the group "remop_usb.plugins" in ITS
+    # setup.py; the launcher imports each listed module (or calls each module:function) before building anything:
+    #     entry_points={"remop_usb.plugins": ["my_alg = my_pkg.my_alg"]},
     entry_points={"console_scripts": ["remop-usb=remop_usb.cli:main"]},
 )

@@ -8,13 +8,58 @@ labels, never pixels). :mod:`datasets_fer.usb` turns an index into USB's labeled
 from .labels import CANONICAL, class_names  # noqa: F401
 
 
-def _read_rafdb(data_dir):
+def _read_rafdb(data_dir, **options):
     from .rafdb import read_rafdb
 
-    return read_rafdb(data_dir)
+    return read_rafdb(data_dir, **options)
 
 
-#: dataset name -> function(data_dir) returning the dataset's index (paths, canonical labels, num_classes)
+def _read_ckplus(data_dir, **options):
+    from .ckplus import read_ckplus
+
+    return read_ckplus(data_dir, **options)
+
+
+def _read_ferplus(data_dir, **options):
+    from .ferplus import read_ferplus
+
+    return read_ferplus(data_dir, **options)
+
+
+def _read_affectnet(data_dir, **options):
+    from .affectnet import read_affectnet
+
+    return read_affectnet(data_dir, **options)
+
+
+#: dataset name -> reader ``f(data_dir, *, num_classes=None, cache_dir=None, ...)`` returning a
+#: :class:`~datasets_fer.index.FERIndex` (paths and canonical labels, never pixels)
 FER_DATASETS = {
     "rafdb": _read_rafdb,
+    "ckplus": _read_ckplus,
+    "ferplus": _read_ferplus,
+    "affectnet": _read_affectnet,
 }
+
+#: dataset name -> {config key: reader keyword}: the keys of one dataset's reader beyond ``num_classes`` and
+#: ``cache_dir``. Declared as arguments in :mod:`remop_usb.config`; :func:`datasets_fer.usb.reader_options` passes
+#: them to the reader wherever the dataset is read (``dataset``, ``test_dataset`` or ``ulb_dataset``).
+READER_KEYS = {"rafdb": {"rafdb_image_dir": "image_dir"}}
+
+#: dataset name -> name of its synthetic writer in :mod:`datasets_fer.synthetic`, ``f(out_dir, ...)`` writing that
+#: dataset's on-disk layout with demo-sized defaults (used by ``demo_data: True`` and ``remop-usb demo-data``)
+DEMO_WRITERS = {"rafdb": "write_rafdb", "ckplus": "write_ckplus", "ferplus": "write_ferplus",
+                "affectnet": "write_affectnet"}
+
+
+def demo_writer(dataset: str):
+    """The synthetic writer of ``dataset`` (see :data:`DEMO_WRITERS`), or a UserError listing those that exist."""
+    from remop_usb.errors import UserError
+
+    from . import synthetic
+
+    writer = getattr(synthetic, DEMO_WRITERS.get(dataset, ""), None)
+    if writer is None:
+        have = [d for d, w in DEMO_WRITERS.items() if hasattr(synthetic, w)]
+        raise UserError(f"no synthetic writer for dataset '{dataset}' (available: {', '.join(have)})")
+    return writer

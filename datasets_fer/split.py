@@ -11,7 +11,8 @@ every setting in the paper but drops one image where the exact value is an integ
 ``1500 * 9^(-3/6) = 500`` exactly, USB gets 499.99999... -> 499; we return 500. ``gamma`` is read as the decimal it
 is written as (``2.2`` means 11/5, not the nearest binary float).
 
-``num_labels`` is always ``N_1``, the labeled count of the most frequent class, also when ``gamma == 1`` (every class
+``num_labels: -1`` (:data:`ALL_LABELED`) labels every training image (Table 5's protocol, with an unlabeled pool
+from another dataset); otherwise ``num_labels`` is always ``N_1``, the labeled count of the most frequent class, also when ``gamma == 1`` (every class
 then gets ``N_1``). USB instead reads ``num_labels`` as the *total* in its balanced case (``lb_imb_ratio == 1``).
 
 Sampling. Each class draws its ``N_k`` images without replacement from its own generator,
@@ -39,7 +40,11 @@ from datasets_fer.labels import CANONICAL
 from remop_usb.errors import UserError, where
 from remop_usb.fileio import write_json_atomic
 
-__all__ = ["imbalanced_counts", "frequency_rank", "Split", "make_split", "load_split", "split_seed_sequence"]
+#: ``num_labels`` value meaning "every training image is labeled" (the paper's Table 5: the whole RAF-DB / FERPlus
+#: training set labeled, AffectNet as the unlabeled pool); ``lb_imb_ratio`` must then be 1.
+ALL_LABELED = -1
+
+__all__ = ["ALL_LABELED", "imbalanced_counts", "frequency_rank", "Split", "make_split", "load_split", "split_seed_sequence"]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -259,9 +264,15 @@ def make_split(dataset: str, labels, num_classes, num_labels, lb_imb_ratio, seed
     seed = _as_int(seed, "seed")
     gamma = _plain_ratio(lb_imb_ratio)
     arr = _check_labels(labels, k)
-    counts = imbalanced_counts(n1, k, gamma)
     order = frequency_rank(arr, k)
     sizes = np.bincount(arr, minlength=k)
+    if n1 == ALL_LABELED:
+        if gamma != 1:
+            raise UserError(f"num_labels={ALL_LABELED} labels every training image; lb_imb_ratio must then be 1, "
+                            f"not {gamma}")
+        return _split_of(dataset, n1, gamma, seed, order, arr, np.arange(arr.size, dtype=np.int64),
+                         include_lb_to_ulb)
+    counts = imbalanced_counts(n1, k, gamma)
 
     asked = [0] * k
     for rank, c in enumerate(order):
@@ -287,14 +298,18 @@ def make_split(dataset: str, labels, num_classes, num_labels, lb_imb_ratio, seed
         rng = np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=(c,)))
         chosen.append(members[rng.permutation(members.size)[: asked[c]]])
     lb_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+    return _split_of(dataset, n1, gamma, seed, order, arr, lb_idx, include_lb_to_ulb)
 
+
+def _split_of(dataset, n1, gamma, seed, order, arr, lb_idx, include_lb_to_ulb) -> Split:
+    """The Split with labeled indices ``lb_idx``; unlabeled: every other index (or every index)."""
     if include_lb_to_ulb:
         ulb_idx = np.arange(arr.size, dtype=np.int64)
     else:
         mask = np.ones(arr.size, dtype=bool)
         mask[lb_idx] = False
         ulb_idx = np.flatnonzero(mask)
-
+    k = len(order)
     return Split(
         dataset=dataset, num_labels=n1, lb_imb_ratio=gamma, seed=seed, num_classes=k, lb_idx=lb_idx,
         ulb_idx=ulb_idx, class_order=order, lb_counts=np.bincount(arr[lb_idx], minlength=k).tolist(),

@@ -4,7 +4,8 @@ Precedence, lowest first: argument defaults < a preset (e.g. ``remop_preset: off
 < command-line flags. (USB's train.py does the opposite: its YAML overrides flags.) Every YAML key must be a known
 argument -- USB's, this plugin's, or one declared by the chosen algorithm / imbalanced algorithm through USB's
 ``get_argument()`` -- and have the right type; otherwise a one-line :class:`~remop_usb.errors.UserError` names the
-file, the line and the closest valid key.
+file, the line and the closest valid key. So does a command-line flag: a misspelled one names the closest valid flag,
+a value of the wrong type or outside the choices names what the flag expects (:class:`FlagParser`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,38 @@ import os
 from . import registry  # first: imports USB quietly
 from semilearn.algorithms.utils import str2bool  # noqa: E402  (USB's, so its algorithms' bool options match)
 
-from .errors import UserError, where
-from .optim import OPTIMIZERS, SCHEDULES
+from .errors import OneLineArgumentParser, UserError, where
+from .usb_compat.optim import OPTIMIZERS, SCHEDULES
 
 DESCRIPTION = """Train a USB algorithm (optionally wrapped by an imbalanced algorithm such as ReMoP).
 Keys are USB's own names; give them in a YAML file with --c and/or as flags.
 Command-line flags OVERRIDE the YAML file (USB's own train.py does the opposite)."""
 
 _NONE_STRINGS = ("None", "none", "null", "")
+#: where a command-line problem is, in messages (a YAML one says file:line)
+COMMAND_LINE = "command line"
+
+
+def _flag(action) -> str:
+    """The flag of ``action`` spelled like its key (``--world_size`` rather than ``--world-size``)."""
+    spelled = f"--{action.dest}"
+    return spelled if spelled in action.option_strings else action.option_strings[-1]
+
+
+class FlagParser(OneLineArgumentParser):
+    """train.py's parser: every error is one line (:class:`~remop_usb.errors.OneLineArgumentParser`), and a flag's
+    value of the wrong type or outside its choices names the flag and what it expects, as a YAML key's does."""
+
+    def _get_value(self, action, arg_string):
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError:
+            raise UserError(f"{COMMAND_LINE}: flag {_flag(action)} expects {_type_name(action.type)}, "
+                            f"got {arg_string!r}") from None
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            raise UserError(f"{COMMAND_LINE}: flag {_flag(action)} {_choices_message(action.choices, value)}")
 
 
 def _add_usb_arguments(p):
@@ -110,6 +135,96 @@ def _add_usb_arguments(p):
     p.add_argument("--c", type=str, default="", help="YAML config file")
 
 
+def _add_tracking_arguments(p):
+    """W&B, training diagnostics and end-of-run plots (remop_usb.tracking, .diagnostics, .plots)."""
+    g = p.add_argument_group("tracking, diagnostics and plots")
+    g.add_argument("--wandb_project", type=str, default="remop-usb", help="[plugin] W&B project (use_wandb: True)")
+    g.add_argument("--wandb_group", type=str, default=None,
+                   help="[plugin] W&B group; default the setting <dataset>-N<num_labels>-g<lb_imb_ratio>")
+    g.add_argument("--wandb_tags", type=str, default="",
+                   help="[plugin] extra W&B tags, comma-separated (the method is always a tag)")
+    g.add_argument("--diagnostics", type=str2bool, default=True,
+                   help="[plugin] pseudo-label quality and neural-collapse geometry on the unlabeled set")
+    g.add_argument("--diag_every", type=int, default=0, help="[plugin] diagnostics interval; 0: num_eval_iter")
+    g.add_argument("--diag_max_samples", type=int, default=1000,
+                   help="[plugin] at most this many unlabeled images per diagnostics pass (a fixed subset); 0: all")
+    g.add_argument("--plots", type=str2bool, default=True, help="[plugin] PNGs in the save dir at the end")
+    g.add_argument("--plot_tsne_max", type=int, default=2000, help="[plugin] test images in the t-SNE plot")
+
+
+def _add_speed_arguments(p):
+    """Speed options; those that change the numerics are off by default (remop_usb.usb_compat.speed, .amp,
+    .loaders; datasets_fer.image_cache). One that cannot apply on this device says so in one line and is turned off."""
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp_dtype", type=str, default="fp16", choices=("fp16", "bf16"),
+                   help="[plugin] amp: True precision: fp16 (USB's, with a GradScaler) or bf16 (no scaler)")
+    g.add_argument("--channels_last", type=str2bool, default=False, help="[plugin] NHWC memory format for the models")
+    g.add_argument("--compile", type=str2bool, default=False, help="[plugin] torch.compile the training model")
+    g.add_argument("--compile_mode", type=str, default="default",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="[plugin] torch.compile mode")
+    g.add_argument("--cudnn_benchmark", type=str2bool, default=False,
+                   help="[plugin] autotuned cuDNN kernels instead of deterministic ones (CUDA only)")
+    g.add_argument("--pin_memory", type=str2bool, default=False, help="[plugin] page-locked loader batches "
+                   "(CUDA only)")
+    g.add_argument("--persistent_workers", type=str2bool, default=False,
+                   help="[plugin] keep loader workers alive between epochs (num_workers > 0)")
+    g.add_argument("--prefetch_factor", type=int, default=None,
+                   help="[plugin] batches loaded ahead per worker (num_workers > 0); default PyTorch's 2")
+    g.add_argument("--image_cache", type=str2bool, default=False,
+                   help="[plugin] read images pre-resized once to the transforms' input size (FER datasets), "
+                   "kept under cache_dir/images")
+
+
+def _add_fer_data_arguments(p):
+    """FER data beyond one dataset: cross-dataset test, unlabeled pool, eval split, cache (datasets_fer.usb)."""
+    g = p.add_argument_group("FER data")
+    g.add_argument("--test_dataset", type=str, default="",
+                   help="[plugin] FER dataset whose test split becomes USB's test set (e.g. ckplus: train RAF-DB, "
+                        "test CK+), reported over the classes both share; '': none")
+    g.add_argument("--test_data_dir", type=str, default="", help="[plugin] folder of test_dataset")
+    g.add_argument("--ulb_dataset", type=str, default="",
+                   help="[plugin] FER dataset whose training images are the unlabeled pool instead of the rest of "
+                        "dataset's training split (e.g. affectnet); labels ignored; '': none")
+    g.add_argument("--ulb_data_dir", type=str, default="", help="[plugin] folder of ulb_dataset")
+    g.add_argument("--eval_split", type=str, default="test", choices=("test", "valid"),
+                   help="[plugin] dataset's split used as USB's eval (best-checkpoint selection): test (the paper) "
+                        "or valid (FERPlus)")
+    g.add_argument("--cache_dir", type=str, default="",
+                   help="[plugin] readers' conversions and the image-check cache; '': $REMOP_USB_CACHE, else "
+                        "~/.cache/remop-usb")
+    g.add_argument("--rafdb_image_dir", type=str, default="aligned",
+                   help="[plugin] RAF-DB official layout: the images under basic/Image/ -- aligned (the "
+                        "<name>_aligned.jpg crops) or any other folder X holding basic/Image/X/<name>.jpg (e.g. "
+                        "remop-usb align's MTCNN crops of basic/Image/original)")
+
+
+def _check_fer_data(args):
+    """The FER data keys: registered names, folders given, and only with a FER dataset."""
+    from datasets_fer import FER_DATASETS
+
+    names = sorted(FER_DATASETS)
+    for name_key, dir_key in (("test_dataset", "test_data_dir"), ("ulb_dataset", "ulb_data_dir")):
+        name, folder = getattr(args, name_key), getattr(args, dir_key)
+        if name and name not in FER_DATASETS:
+            raise UserError(f"unknown {name_key} '{name}'{_closest(name, names)} registered FER datasets: "
+                            f"{', '.join(names)}")
+        if folder and not name:
+            raise UserError(f"{dir_key} is set ({folder}) but {name_key} is not; set {name_key} to one of "
+                            f"{', '.join(names)}")
+        if name and not folder and not args.demo_data:
+            raise UserError(f"{name_key}: {name} needs {dir_key}, the folder holding {name}")
+    used = [k for k, default in (("test_dataset", ""), ("ulb_dataset", ""), ("eval_split", "test"),
+                                 ("cache_dir", ""), ("rafdb_image_dir", "aligned")) if getattr(args, k) != default]
+    if used and args.dataset not in FER_DATASETS:
+        raise UserError(f"{', '.join(used)} apply to FER datasets only ({', '.join(names)}), not dataset "
+                        f"'{args.dataset}'")
+    roles = (args.dataset, args.test_dataset, args.ulb_dataset)
+    if args.rafdb_image_dir != "aligned" and "rafdb" not in roles:
+        raise UserError(f"rafdb_image_dir: {args.rafdb_image_dir} selects RAF-DB's image folder, but no dataset of "
+                        f"this run is rafdb (dataset, test_dataset, ulb_dataset: {', '.join(r or '-' for r in roles)})")
+
+
 def _add_algorithm_arguments(p, cls, title):
     arguments = cls.get_argument() if hasattr(cls, "get_argument") else []
     if not arguments:
@@ -124,9 +239,11 @@ def _add_algorithm_arguments(p, cls, title):
 
 
 def build_parser(algorithm=None, imb_algorithm=None, suppress_defaults=False):
-    p = argparse.ArgumentParser(prog="train.py", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = FlagParser(prog="train.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_usb_arguments(p)
+    _add_tracking_arguments(p)
+    _add_speed_arguments(p)
+    _add_fer_data_arguments(p)
     p.add_argument("--plugins", nargs="*", default=[], help="[plugin] modules to import before building the "
                    "algorithm (they may register algorithms, nets, datasets)")
     if algorithm:
@@ -212,9 +329,12 @@ def convert_value(key, value, action, origin):
     except (ValueError, TypeError, argparse.ArgumentTypeError):
         raise UserError(f"{origin}: key '{key}' expects {_type_name(t)}, got {value!r}") from None
     if action.choices is not None and result not in action.choices:
-        raise UserError(f"{origin}: key '{key}' must be one of {', '.join(map(str, action.choices))}; "
-                        f"got {result!r}")
+        raise UserError(f"{origin}: key '{key}' {_choices_message(action.choices, result)}")
     return result
+
+
+def _choices_message(choices, value) -> str:
+    return f"must be one of {', '.join(map(str, choices))}; got {value!r}"
 
 
 def _closest(key, valid):
@@ -234,8 +354,29 @@ def _owner_of(key):
     return None
 
 
+def _unknown_key(key, valid, origin, algorithm, imb, flag=False, hint=""):
+    """The UserError for a YAML key (or, with ``flag``, a command-line flag) that no argument of this run declares:
+    another algorithm's option, or unknown with the closest valid one."""
+    noun, spell = ("flag", lambda k: f"--{k}") if flag else ("key", lambda k: f"'{k}'")
+    owner = _owner_of(key)
+    if owner:
+        return UserError(f"{origin}: {noun} {spell(key)} is an option of {owner}, which this run does not use "
+                         f"(algorithm: {algorithm}, imb_algorithm: {imb})")
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    closest = f"; did you mean {spell(match[0])}?" if match else ""
+    return UserError(f"{origin}: unknown {noun} {spell(key)}{closest} ({hint} lists the valid {noun}s)")
+
+
+def _unexpected_argument(extra, valid, algorithm, imb):
+    """The UserError for the first command-line word that argparse left over."""
+    if not extra.startswith("-"):
+        return UserError(f"{COMMAND_LINE}: unexpected argument {extra!r} (flags take the form --key value)")
+    key = extra.lstrip("-").split("=", 1)[0]
+    return _unknown_key(key, valid, COMMAND_LINE, algorithm, imb, flag=True, hint="python train.py --help")
+
+
 def _resolve_names(cli_argv, yaml_values):
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineArgumentParser(prog="train.py", add_help=False)
     pre.add_argument("-alg", "--algorithm", default=None)
     pre.add_argument("-imb_alg", "--imb_algorithm", default=None)
     known, _ = pre.parse_known_args(cli_argv)
@@ -271,7 +412,7 @@ def parse_args(argv=None):
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineArgumentParser(prog="train.py", add_help=False)
     pre.add_argument("--c", default="")
     pre.add_argument("--plugins", nargs="*", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -286,18 +427,15 @@ def parse_args(argv=None):
     for key, value in yaml_values.items():
         origin = where(known.c, yaml_lines.get(key))
         if key not in actions:
-            owner = _owner_of(key)
-            if owner:
-                raise UserError(f"{origin}: key '{key}' is an option of {owner}, which this run does not use "
-                                f"(algorithm: {algorithm}, imb_algorithm: {imb})")
-            raise UserError(f"{origin}: unknown key '{key}'{_closest(key, list(actions))} "
-                            f"(python train.py --c {known.c} --help lists the valid keys)")
+            raise _unknown_key(key, list(actions), origin, algorithm, imb, hint=f"python train.py --c {known.c} --help")
         if key == "plugins":
             defaults[key] = list(value or [])
             continue
         defaults[key] = convert_value(key, value, actions[key], origin)
     parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        raise _unexpected_argument(extras[0], list(actions), algorithm, imb)
 
     explicit = set(yaml_values) | set(vars(build_parser(algorithm, imb, suppress_defaults=True).parse_args(argv)))
     args.algorithm, args.imb_algorithm = algorithm, imb
@@ -318,6 +456,11 @@ def validate(args):
     if args.dataset not in registry.datasets():
         raise UserError(f"unknown dataset '{args.dataset}'{_closest(args.dataset, registry.datasets())} "
                         f"known: {', '.join(registry.datasets())}")
+    _check_fer_data(args)
+    for key in ("diag_every", "diag_max_samples", "plot_tsne_max"):
+        if getattr(args, key) < 0:
+            raise UserError(f"{key} ({getattr(args, key)}) must be >= 0 (diag_every 0: num_eval_iter; "
+                            f"diag_max_samples 0: every unlabeled image)")
     if not args.net_from_name and args.net not in registry.nets():
         raise UserError(f"unknown net '{args.net}'{_closest(args.net, registry.nets())} "
                         f"registered: {', '.join(registry.nets())}")

@@ -5,6 +5,8 @@ and print its message as a single line (``error: ...``) with exit status 2, neve
 wrong, where (file and line when there is one) and what was expected.
 """
 
+import argparse
+
 
 class UserError(Exception):
     """Bad input from the user; ``str(err)`` is the whole one-line message."""
@@ -16,3 +18,10 @@ class UserError(Exception):
 def where(path, line=None) -> str:
     """``file:line`` (or just ``file``) for messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line :class:`UserError` s (exit status 2 through ``remop-usb``)."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")

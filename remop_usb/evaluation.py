@@ -1,4 +1,5 @@
-"""Evaluation of every prediction head in one pass, on any device.
+"""Evaluation of every prediction head in one pass, on any device (:func:`evaluate_heads`, which
+:mod:`remop_usb.usb_compat.evaluation` installs as USB's ``evaluate``).
 
 An algorithm may expose several predictions: ReMoP's mixture and linear classifier, ABC's auxiliary head. They are
 declared as ``prediction_heads = (("mixture", "mixture"), ("linear", "logits"))`` -- (name, key of the model's
@@ -62,12 +63,13 @@ def predict(algorithm, dest, keys):
     return y, {k: (torch.cat(v).numpy() if v else np.zeros((0, algorithm.num_classes))) for k, v in outputs.items()}
 
 
-def evaluate(self, eval_dest="eval", out_key="logits", return_logits=False):
-    """Drop-in for ``AlgorithmBase.evaluate``: same keys, every head, no ``.cuda``."""
-    heads = heads_of(self, out_key)
+def evaluate_heads(algorithm, eval_dest="eval", out_key="logits"):
+    """Every head on loader ``eval_dest``: ``(metrics, primary head's logits)``, the metrics under USB's keys
+    (``eval/top-1-acc``, ...: the primary head) and ``eval/<head>/top-1-acc``, ``.../balanced_acc`` for the others."""
+    heads = heads_of(algorithm, out_key)
     keys = output_keys(heads)
     loss_key = "logits" if "logits" in keys else keys[0]
-    y_true, outputs = predict(self, eval_dest, keys)
+    y_true, outputs = predict(algorithm, eval_dest, keys)
     primary = outputs[heads[0][1]]
     y_pred = primary.argmax(axis=1)
     labeled = y_true >= 0
@@ -84,11 +86,9 @@ def evaluate(self, eval_dest="eval", out_key="logits", return_logits=False):
         pred = outputs[key].argmax(axis=1)
         result[f"{eval_dest}/{name}/top-1-acc"] = accuracy_score(y_true[labeled], pred[labeled])
         result[f"{eval_dest}/{name}/balanced_acc"] = balanced_accuracy_score(y_true[labeled], pred[labeled])
-    cf = confusion_matrix(y_true[labeled], y_pred[labeled], labels=list(range(self.num_classes)))
-    self.print_fn("confusion matrix (rows: true, cols: predicted):\n" + np.array_str(cf))
-    if return_logits:
-        result[f"{eval_dest}/logits"] = primary
-    return result
+    cf = confusion_matrix(y_true[labeled], y_pred[labeled], labels=list(range(algorithm.num_classes)))
+    algorithm.print_fn("confusion matrix (rows: true, cols: predicted):\n" + np.array_str(cf))
+    return result, primary
 
 
 def classification_report(y_true, y_pred, class_names):

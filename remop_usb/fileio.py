@@ -1,25 +1,55 @@
 """Files that are either complete or absent: write to a temporary sibling, fsync, rename."""
 
+import contextlib
 import json
 import os
 import tempfile
 
 
+def write_text_atomic(path, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically; a crash leaves the old file (or none), never half of one."""
+    return _write_atomic(path, lambda f: f.write(text), suffix=os.path.splitext(os.fspath(path))[1])
+
+
 def write_json_atomic(path, obj, **dump_kwargs) -> str:
     """Write ``obj`` as JSON to ``path`` atomically; a crash leaves the old file (or none), never half of one."""
+
+    def dump(f):
+        json.dump(obj, f, **dump_kwargs)
+        f.write("\n")
+
+    return _write_atomic(path, dump, suffix=".json")
+
+
+def _write_atomic(path, write, suffix):
+    with atomic_output(path, suffix) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        write(f)
+    return os.fspath(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path, suffix="", prefix=".tmp-"):
+    """Yield a temporary sibling of ``path`` to write (by any writer: savefig, csv, ...); on success it is fsynced,
+    given the permissions ``open`` would give and renamed to ``path``; on failure removed. ``suffix`` keeps writers
+    that infer the format from the name; ``prefix`` names the temporaries (so a resumed job can find stale ones)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, **dump_kwargs)
-            f.write("\n")
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path

@@ -3,7 +3,8 @@
 It follows USB's own train.py -- seed, logger, net builder, ``get_algorithm`` / ``get_imb_algorithm``, place the
 models, optional resume, ``algorithm.train()`` -- with three differences: CUDA when available and CPU otherwise with
 the same config; multi-GPU stays USB's one-process-per-GPU DDP, but nothing is spawned without GPUs; and at the end
-``results.json`` is written from the last and the best checkpoints (see :mod:`remop_usb.results`).
+``results.json`` is written from the last and the best checkpoints (see :mod:`remop_usb.results`), after the plots
+and W&B: it is the last file of a finished run.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import os
 import random
 import shutil
 import sys
-import warnings
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .usb_compat.distributed import main_process_saves, processes_per_node
 
 
 def resolve_device(args):
@@ -43,10 +44,37 @@ def resolve_device(args):
     return f"cuda ({torch.cuda.device_count()} GPU)" if use_cuda else "cpu"
 
 
-def prepare_save_dir(args):
-    """Rank 0 only: a fresh run replaces an existing save dir (USB's overwrite), a resumed one keeps it."""
+def resolve_resume(args):
+    """The checkpoint a resumed run loads. An explicit ``load_path`` must exist; without one it is the save dir's
+    ``latest_model.pth`` (or, where that is missing, its ``.prev``, which ``load_model`` falls back to) -- and when
+    neither exists yet (the run was stopped before its first checkpoint) the run starts from scratch, saying so.
+    Returns True when it does (``args.resume`` is then False)."""
+    if not args.resume:
+        return False
+    if args.load_path is not None:
+        if not os.path.exists(args.load_path):
+            raise UserError(f"resume: no checkpoint at {args.load_path}")
+        return False
+    from .usb_compat.checkpointing import previous_path
+
+    save_path = os.path.join(args.save_dir, args.save_name)
+    latest = os.path.join(save_path, "latest_model.pth")
+    if os.path.exists(latest) or os.path.exists(previous_path(latest)):
+        args.load_path = latest
+        return False
+    print(f"[remop-usb] resume: no checkpoint in {save_path} yet (latest_model.pth, latest_model.prev.pth); "
+          f"training from scratch")
+    args.resume = False
+    return True
+
+
+def prepare_save_dir(args, keep=False):
+    """Rank 0 only: a fresh run replaces an existing save dir (USB's overwrite), a resumed one keeps it; so does
+    (``keep``) a resume with nothing to resume from under ``overwrite: False``."""
     save_path = os.path.join(args.save_dir, args.save_name)
     if not args.resume and os.path.exists(save_path):
+        if keep and not args.overwrite:
+            return
         if not args.overwrite:
             raise UserError(f"save dir {save_path} exists and overwrite is False (set resume: True to continue it)")
         shutil.rmtree(save_path)
@@ -66,11 +94,15 @@ def main(argv=None):
 
 
 def run(args):
+    from . import runconfig
+    from .fileio import write_json_atomic
+
+    config = runconfig.snapshot(args)  # as parsed, before it is adapted to this machine
     device = resolve_device(args)
-    if args.resume and args.load_path is None:
-        args.load_path = os.path.join(args.save_dir, args.save_name, "latest_model.pth")
+    started_over = resolve_resume(args)
     if args.rank == 0:
-        prepare_save_dir(args)
+        prepare_save_dir(args, keep=started_over)
+        write_json_atomic(os.path.join(args.save_dir, args.save_name, runconfig.CONFIG_FILE), config, indent=2)
     print(f"[remop-usb] {args.algorithm}{'+' + args.imb_algorithm if args.imb_algorithm else ''} on "
           f"{args.dataset}, device {device}")
     if args.multiprocessing_distributed:
@@ -79,12 +111,6 @@ def run(args):
         torch.multiprocessing.spawn(main_worker, nprocs=ngpus, args=(ngpus, args))
         return None
     return main_worker(args.gpu, processes_per_node(args), args)
-
-
-def processes_per_node(args):
-    """USB's ``ngpus_per_node``: GPUs on this node, or -- for CPU processes (gloo) -- every process of the run."""
-    return torch.cuda.device_count() if args.gpu is not None or args.multiprocessing_distributed \
-        else max(1, args.world_size)
 
 
 def seed_everything(seed):
@@ -100,19 +126,20 @@ def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
     from semilearn.imb_algorithms import get_imb_algorithm
 
     from .usb_compat import place_model
+    from .usb_compat.amp import quiet_grad_scaler
 
     net_builder = get_net_builder(args.net, args.net_from_name)
-    with warnings.catch_warnings():  # USB builds a CUDA GradScaler unconditionally; it disables itself on CPU
-        warnings.filterwarnings("ignore", message=".*torch.cuda.amp.GradScaler.*")
-        warnings.filterwarnings("ignore", message=".*GradScaler is enabled, but CUDA is not available.*")
+    with quiet_grad_scaler():
         if args.imb_algorithm:
             algorithm = get_imb_algorithm(args, net_builder, tb_log, logger)
         else:
             algorithm = get_algorithm(args, net_builder, tb_log, logger)
     algorithm.model = place_model(args, algorithm.model)
     algorithm.ema_model = place_model(args, algorithm.ema_model, clip_batch=False)
-    # USB's hooks pick the saving process with rank % ngpus_per_node (0 on CPU) and multiprocessing_distributed
     algorithm.ngpus_per_node = processes_per_node(args) if ngpus_per_node is None else ngpus_per_node
+    from .diagnostics import attach_diagnostics
+
+    attach_diagnostics(algorithm)  # with diagnostics: True (default); W&B is USB's use_wandb hook, see usb_compat
     return algorithm
 
 
@@ -128,8 +155,7 @@ def train_worker(gpu, ngpus_per_node, args):
             args.rank = args.rank * ngpus_per_node + gpu
         torch.distributed.init_process_group(backend=args.dist_backend, init_method=args.dist_url,
                                              world_size=args.world_size, rank=args.rank)
-        # USB's EvaluationHook saves on every process unless multiprocessing_distributed is set
-        args.multiprocessing_distributed = True
+        main_process_saves(args)
     save_path = os.path.join(args.save_dir, args.save_name)
     main_process = args.rank % ngpus_per_node == 0
     tb_log = TBLog(save_path, "tensorboard", use_tensorboard=args.use_tensorboard) if main_process else None
@@ -139,9 +165,7 @@ def train_worker(gpu, ngpus_per_node, args):
     algorithm = build_algorithm(args, tb_log, logger, ngpus_per_node)
     logger.info(f"Arguments: {algorithm.args}")
     if args.resume:
-        if not os.path.exists(args.load_path):
-            raise UserError(f"resume: no checkpoint at {args.load_path}")
-        algorithm.load_model(args.load_path)
+        algorithm.load_model(args.load_path)  # resolve_resume checked it is there
     algorithm.train()
     for key, item in algorithm.results_dict.items():
         logger.info(f"Model result - {key} : {item}")
@@ -149,14 +173,18 @@ def train_worker(gpu, ngpus_per_node, args):
 
 
 def main_worker(gpu, ngpus_per_node, args):
-    """Train, then (main process only) write results.json and print the one-line summary."""
-    from . import results
+    """Train, then (main process only) evaluate, print the one-line summary, write the plots, finish W&B and --
+    last, so that a run stopped before it is not taken as finished -- write results.json."""
+    from . import plots, results, tracking
 
     algorithm, main_process = train_worker(gpu, ngpus_per_node, args)
     summary = None
     if main_process:
         save_path = os.path.join(args.save_dir, args.save_name)
-        summary = results.write_results(algorithm, save_path)
+        summary = results.summarize(algorithm, save_path)
         print(results.one_line(summary))
+        figures = plots.write_run_plots(algorithm, save_path, summary) if args.plots else {}
+        tracking.finish(algorithm, summary, figures)
+        results.write_results(summary, save_path)
     logging.getLogger(args.save_name).handlers.clear()
     return summary

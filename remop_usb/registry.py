@@ -10,11 +10,15 @@ from __future__ import annotations
 import importlib
 import warnings
 
-#: modules defining algorithms (their import registers them)
-ALGORITHM_MODULES = ("remop_usb.algorithms.remop",)
+#: package whose modules define algorithms (importing each registers it); shared mechanics live there too
+ALGORITHM_PACKAGE = "remop_usb.algorithms"
 
 #: USB net name -> "module:builder"
 NETS = {"resnet18_fer": "remop_usb.nets.resnet_fer:resnet18_fer"}
+
+#: setuptools entry-point group of installed third-party plugins: ``name = module`` (importing it registers its
+#: algorithms / nets) or ``name = module:function`` (imported, then called with no argument)
+ENTRY_POINT_GROUP = "remop_usb.plugins"
 
 _loaded_plugins: set = set()
 
@@ -34,12 +38,43 @@ def load(plugins=()):
     for name, target in NETS.items():
         module_name, attr = target.split(":")
         setattr(semilearn.nets, name, getattr(importlib.import_module(module_name), attr))
-    for module_name in ALGORITHM_MODULES:
+    for module_name in algorithm_modules():
         importlib.import_module(module_name)
+    load_entry_points()
     for module_name in plugins:
         if module_name not in _loaded_plugins:
             _import_plugin(module_name)
             _loaded_plugins.add(module_name)
+
+
+def algorithm_modules():
+    """Every module of :data:`ALGORITHM_PACKAGE`, sorted (one module per algorithm, plus shared mechanics)."""
+    import pkgutil
+
+    package = importlib.import_module(ALGORITHM_PACKAGE)
+    return [f"{ALGORITHM_PACKAGE}.{m.name}" for m in sorted(pkgutil.iter_modules(package.__path__),
+                                                              key=lambda m: m.name)]
+
+
+def load_entry_points():
+    """Load, once each, every entry point of :data:`ENTRY_POINT_GROUP` that the installed distributions declare."""
+    from importlib.metadata import entry_points
+
+    from .errors import UserError
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        key = f"{ENTRY_POINT_GROUP}:{ep.name}={ep.value}"
+        if key in _loaded_plugins:
+            continue
+        try:
+            target = ep.load()
+        except (ImportError, AttributeError) as err:
+            dist = getattr(getattr(ep, "dist", None), "name", "an installed package")
+            raise UserError(f"plugin entry point '{ep.name} = {ep.value}' of {dist} (group {ENTRY_POINT_GROUP}) "
+                            f"cannot be loaded: {err}") from None
+        if ep.attr and callable(target):
+            target()
+        _loaded_plugins.add(key)
 
 
 def _import_plugin(module_name):

@@ -68,4 +68,23 @@ def test_missing_checkpoint_names_the_path(tiny_rafdb, tmp_path, capsys):
 def test_wrong_num_classes(tiny_rafdb, tmp_path, capsys):
     argv = train_argv(tiny_rafdb, tmp_path / "runs", config="config/demo/fixmatch.yaml", num_classes=8)
     line = run_expecting_error(argv, capsys)
-    assert "num_classes is 8" in line and "7 classes" in line
+    assert "has 7 classes" in line and "not num_classes=8" in line
+
+
+@pytest.mark.parametrize("flag,message", [
+    (["--num_lables", "5"], "unknown flag --num_lables; did you mean --num_labels? (python train.py --help lists "
+                            "the valid flags)"),
+    (["--num_lables=5"], "unknown flag --num_lables; did you mean --num_labels?"),
+    (["--lr", "abc"], "flag --lr expects a finite number, got 'abc'"),
+    (["--num_labels", "2.5"], "flag --num_labels expects an integer, got '2.5'"),
+    (["--use_cat", "maybe"], "flag --use_cat expects true or false, got 'maybe'"),
+    (["--optim", "Adagrad"], "flag --optim must be one of SGD, AdamW, Adam; got 'Adagrad'"),
+    (["--remop_beta", "0.3"], "flag --remop_beta is an option of imb_algorithm 'remop', which this run does not use"),
+    (["stray"], "unexpected argument 'stray' (flags take the form --key value)"),
+])
+def test_a_bad_command_line_flag_is_one_line_naming_it(tiny_rafdb, tmp_path, capsys, flag, message):
+    argv = train_argv(tiny_rafdb, tmp_path / "runs", config="config/demo/fixmatch.yaml") + flag
+    line = run_expecting_error(argv, capsys)
+    assert line.startswith(f"error: command line: {message}"), line
+    assert "usage:" not in line
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -1,4 +1,5 @@
-"""USB's distributed path on CPU: two processes (gloo) train ReMoP+FixMatch and end with identical weights."""
+"""USB's distributed path on CPU: two processes (gloo) train ReMoP+FixMatch from the same initial weights and end
+with identical weights, every one of them moved by training."""
 
 import os
 import socket
@@ -15,17 +16,32 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, argv, out_dir):
-    from remop_usb.config import parse_args
-    from remop_usb.launch import processes_per_node, resolve_device, train_worker
+def _params(algorithm):
     from remop_usb.usb_compat import unwrap
 
+    return {k: v.detach().clone() for k, v in unwrap(algorithm.model).named_parameters()}
+
+
+def _worker(rank, argv, out_dir):
+    from remop_usb import launch
+    from remop_usb.config import parse_args
+    from remop_usb.usb_compat.distributed import processes_per_node
+
+    initial = {}
+    build = launch.build_algorithm
+
+    def build_and_keep_initial_weights(*args, **kwargs):  # after DDP's wrap, which broadcasts rank 0's weights
+        algorithm = build(*args, **kwargs)
+        initial.update(_params(algorithm))
+        return algorithm
+
+    launch.build_algorithm = build_and_keep_initial_weights
     args = parse_args(argv + ["--rank", str(rank)])
-    resolve_device(args)
-    algorithm, main_process = train_worker(None, processes_per_node(args), args)
-    params = {k: v.detach().clone() for k, v in unwrap(algorithm.model).named_parameters()}
-    torch.save({"params": params, "main": main_process, "ddp": type(algorithm.model).__name__,
-                "backend": torch.distributed.get_backend()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    launch.resolve_device(args)
+    algorithm, main_process = launch.train_worker(None, processes_per_node(args), args)
+    torch.save({"initial": initial, "params": _params(algorithm), "main": main_process,
+                "ddp": type(algorithm.model).__name__, "backend": torch.distributed.get_backend()},
+               os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -38,8 +54,11 @@ def test_two_cpu_processes_agree_on_the_final_weights(tiny_rafdb, tmp_path):
     assert r0["backend"] == "gloo" and (r0["main"], r1["main"]) == (True, False)
     assert r0["params"].keys() == r1["params"].keys() and "centers" in r0["params"]
     for name in r0["params"]:
+        assert torch.equal(r0["initial"][name], r1["initial"][name]), name
         assert torch.equal(r0["params"][name], r1["params"][name]), name
-    # only the main process wrote checkpoints, and training moved the weights away from the initialisation
+    # both started from rank 0's initialisation (DDP broadcasts it) and 3 Adam steps moved every parameter
+    assert [n for n in r0["params"] if torch.equal(r0["initial"][n], r0["params"][n])] == []
+    # only the main process wrote checkpoints
     assert os.path.exists(tmp_path / "runs" / "ddp" / "latest_model.pth")
     first = torch.load(tmp_path / "runs" / "ddp" / "latest_model.pth", weights_only=False)
     assert first["it"] >= 3

@@ -139,7 +139,7 @@ def test_missing_images(tmp_path):
                                        "train_00005.jpg", "test_0001.jpg"})
     msg = error_of(tmp_path)
     aligned = os.path.join(str(tmp_path), "basic", "Image", "aligned")
-    assert msg.startswith("5 of 6 RAF-DB aligned images")
+    assert msg.startswith("5 of 6 images listed in ")
     assert os.path.join(aligned, "train_00002_aligned.jpg") in msg
     assert "train_00004_aligned.jpg" in msg and "train_00005_aligned.jpg" not in msg  # first three only
     assert str(tmp_path / LABEL_REL) in msg
@@ -165,3 +165,265 @@ def test_empty_split(tmp_path, lines, missing):
     label = write_rafdb(tmp_path, lines, images=False)
     msg = error_of(tmp_path, check_images=False)
     assert msg.startswith(label) and missing in msg
+
+
+# --- num_classes / cache_dir ---------------------------------------------------------------------------------------
+
+
+def test_num_classes_must_be_seven(tmp_path):
+    write_rafdb(tmp_path, GOOD)
+    assert read_rafdb(tmp_path, num_classes=7, cache_dir=str(tmp_path / "cache")).num_classes == 7
+    msg = error_of(tmp_path, num_classes=8)
+    assert "RAF-DB (basic) has 7 classes" in msg and "num_classes=8" in msg
+
+
+# --- label-file layout (Ada-CM / ReMoP: RAF_{train,test}_label2.txt, 0-based labels) --------------------------------
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def write_label_file_layout(root, train, test, labels_dir="", images_dir="", make_images=True):
+    for split, lines in (("train", train), ("test", test)):
+        if lines is None:
+            continue
+        label = root / labels_dir / f"RAF_{split}_label2.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("".join(line + "\n" for line in lines))
+        (root / images_dir / split).mkdir(parents=True, exist_ok=True)
+        if make_images:
+            for line in lines:
+                if len(line.split()) == 2:
+                    touch(root / images_dir / split / line.split()[0])
+    return root / labels_dir / "RAF_train_label2.txt", root / labels_dir / "RAF_test_label2.txt"
+
+
+TRAIN_0BASED = ["train_00002_aligned.jpg 3", "train_00001_aligned.jpg 0", "", "sub/train_00003_aligned.jpg 6"]
+TEST_0BASED = ["test_0002_aligned.jpg 5", "test_0001_aligned.jpg 1"]
+
+
+@pytest.mark.parametrize("labels_dir, images_dir", [("", ""), ("labels", "images")])
+def test_label_file_layout(tmp_path, labels_dir, images_dir):
+    train_file, _ = write_label_file_layout(tmp_path, TRAIN_0BASED, TEST_0BASED, labels_dir, images_dir)
+    index = read_rafdb(tmp_path)
+    assert index.layout == "label-file" and index.label_file == str(train_file)
+    base = os.path.join(str(tmp_path), images_dir, "train") if images_dir else os.path.join(str(tmp_path), "train")
+    # sorted by image name (the folder sub/ does not count): train_00001 (0 Surprise -> 3),
+    # train_00002 (3 Happiness -> 1), sub/train_00003 (6 Neutral -> 0)
+    assert index.train_paths == [os.path.join(base, "train_00001_aligned.jpg"),
+                                 os.path.join(base, "train_00002_aligned.jpg"),
+                                 os.path.join(base, "sub", "train_00003_aligned.jpg")]
+    assert index.train_labels.tolist() == [3, 1, 0]
+    # test_0001 (1 Fear -> 4), test_0002 (5 Anger -> 6)
+    assert index.test_labels.tolist() == [4, 6]
+    assert [os.path.basename(p) for p in index.test_paths] == ["test_0001_aligned.jpg", "test_0002_aligned.jpg"]
+
+
+def test_label_file_every_code(tmp_path):
+    # 0-based RAF order: 0 Surprise, 1 Fear, 2 Disgust, 3 Happiness, 4 Sadness, 5 Anger, 6 Neutral
+    write_label_file_layout(tmp_path, [f"t{c}.jpg {c}" for c in range(7)], ["x.jpg 6"])
+    assert read_rafdb(tmp_path).train_labels.tolist() == [3, 4, 5, 1, 2, 6, 0]
+
+
+@pytest.mark.parametrize("bad, found", [
+    ("a.jpg 7", "found '7' for a.jpg (this layout's labels are 0-based"),
+    ("a.jpg -1", "found '-1'"),
+    ("a.jpg", "found 1 fields"),
+    ("../a.jpg 1", "found '../a.jpg'"),
+    ("/abs/a.jpg 1", "found '/abs/a.jpg'"),
+    ("a.txt 1", "found 'a.txt'"),
+])
+def test_label_file_malformed_line(tmp_path, bad, found):
+    _, test_file = write_label_file_layout(tmp_path, ["b.jpg 1"], ["c.jpg 2", "", bad], make_images=False)
+    msg = error_of(tmp_path, check_images=False)
+    assert msg.startswith(f"{test_file}:3: expected"), msg
+    assert found in msg
+
+
+def test_label_file_duplicate_and_missing_parts(tmp_path):
+    train_file, _ = write_label_file_layout(tmp_path, ["b.jpg 1", "b.jpg 2"], ["c.jpg 2"], make_images=False)
+    msg = error_of(tmp_path, check_images=False)
+    assert msg.startswith(f"{train_file}:2:") and "duplicate" in msg
+
+    other = tmp_path / "other"
+    write_label_file_layout(other, ["b.jpg 1"], None)
+    msg = error_of(other)
+    assert str(other / "RAF_test_label2.txt") in msg and "not found" in msg and "needs both" in msg
+
+
+def test_label_file_missing_images_and_root(tmp_path):
+    write_label_file_layout(tmp_path, ["b.jpg 1", "d.jpg 2"], ["c.jpg 2"])
+    os.remove(tmp_path / "train" / "d.jpg")
+    msg = error_of(tmp_path)
+    assert msg.startswith("1 of 3 images listed in") and str(tmp_path / "train" / "d.jpg") in msg
+    assert len(read_rafdb(tmp_path, check_images=False).train_paths) == 2
+
+    os.remove(tmp_path / "test" / "c.jpg")
+    os.rmdir(tmp_path / "test")
+    msg = error_of(tmp_path)
+    assert "test image folder not found" in msg and str(tmp_path / "images" / "test") in msg
+
+
+# --- class-folders layout ------------------------------------------------------------------------------------------
+
+
+def test_class_folders_layout(tmp_path):
+    for rel in ("train/1/b.jpg", "train/1/a.jpg", "train/Happiness/c.jpg", "train/neutral/d.png",
+                "test/7/e.jpg", "test/FEAR/f.jpeg"):
+        touch(tmp_path / rel)
+    touch(tmp_path / "train" / "1" / ".DS_Store")  # hidden: not an image
+    touch(tmp_path / "train" / "1" / "notes.txt")  # not an image
+    touch(tmp_path / "train" / ".ipynb_checkpoints" / "x.jpg")  # hidden folder: not a class
+    index = read_rafdb(tmp_path)
+    assert index.layout == "class-folders" and index.label_file == str(tmp_path / "train")
+    # sorted by image name, whatever the folder: a (RAF 1 Surprise -> 3), b (3), c (Happiness -> 1), d (neutral 0)
+    assert [os.path.relpath(p, tmp_path) for p in index.train_paths] == [
+        os.path.join("train", "1", "a.jpg"), os.path.join("train", "1", "b.jpg"),
+        os.path.join("train", "Happiness", "c.jpg"), os.path.join("train", "neutral", "d.png")]
+    assert index.train_labels.tolist() == [3, 3, 1, 0]
+    assert index.test_labels.tolist() == [0, 4]  # 7 Neutral -> 0, FEAR -> 4
+
+
+@pytest.mark.parametrize("rels, expect", [
+    (["train/happyish/a.jpg", "test/1/b.jpg"], "happyish: not a RAF-DB class folder"),
+    (["train/contempt/a.jpg", "test/1/b.jpg"], "contempt: not a RAF-DB class folder"),
+    (["train/4/a.jpg", "train/happy/b.jpg", "test/1/c.jpg"], "class folders '4' and 'happy' are both 'happy'"),
+    (["train/4/a.jpg", "train/loose.jpg", "test/1/c.jpg"], "loose.jpg: image outside a class folder"),
+    (["train/4/a.jpg"], "test folder"),
+    (["train/4/a.txt", "test/1/c.jpg"], "no images in its class folders"),
+])
+def test_class_folders_errors(tmp_path, rels, expect):
+    for rel in rels:
+        touch(tmp_path / rel)
+    msg = error_of(tmp_path)
+    assert expect in msg, msg
+
+
+# --- detection -----------------------------------------------------------------------------------------------------
+
+
+def test_unrecognised_folder_lists_the_layouts(tmp_path):
+    (tmp_path / "something").write_text("x")
+    msg = error_of(tmp_path)
+    assert msg.startswith(f"RAF-DB data_dir {tmp_path}: no known layout")
+    for expected in ("official (", "label-file (", "class-folders (", "RAF_train_label2.txt",
+                     "<data_dir>/{train,test}/<class>/*.jpg"):
+        assert expected in msg
+
+
+@pytest.mark.parametrize("make, layouts", [
+    (lambda r: (write_rafdb(r, GOOD, images=False), touch(r / "RAF_train_label2.txt")), ("official", "label-file")),
+    (lambda r: (touch(r / "labels" / "RAF_test_label2.txt"), touch(r / "train" / "4" / "a.jpg")),
+     ("label-file", "class-folders")),
+    (lambda r: ((r / "basic").mkdir(), touch(r / "test" / "4" / "a.jpg")), ("official", "class-folders")),
+])
+def test_ambiguous_folder(tmp_path, make, layouts):
+    make(tmp_path)
+    msg = error_of(tmp_path)
+    assert "is ambiguous" in msg and all(f"{layout} (" in msg.split(";")[0] for layout in layouts)
+    assert "expected one of the RAF-DB layouts" in msg
+
+
+@pytest.mark.parametrize("layout", ["official", "label-file", "class-folders"])
+def test_generated_layouts_read_back_identically(tmp_path, layout):
+    from datasets_fer.synthetic import write_rafdb as synth_rafdb
+
+    synth_rafdb(tmp_path / "official", num_train=14, num_test=7, size=16)
+    info = synth_rafdb(tmp_path / "out", num_train=14, num_test=7, size=16, layout=layout)
+    ref, index = read_rafdb(tmp_path / "official"), read_rafdb(tmp_path / "out")
+    assert index.layout == layout and info["layout"] == layout
+    for split in ("train", "test"):
+        # the same images in the same order (so the same indices), whatever the layout
+        want = [(os.path.basename(p), c) for p, c in zip(*ref.split(split))]
+        got = [(os.path.basename(p), c) for p, c in zip(*index.split(split))]
+        assert got == want and len(want) == (14 if split == "train" else 7)
+        assert [n for n, _ in want] == [f"{split}_{i:0{5 if split == 'train' else 4}d}_aligned.jpg"
+                                        for i in range(1, len(want) + 1)]
+        for p in index.split(split)[0]:  # the same pixels under each layout
+            name = os.path.basename(p)
+            assert open(p, "rb").read() == open(os.path.join(tmp_path, "official", "basic", "Image", "aligned",
+                                                             name), "rb").read()
+
+
+def test_order_is_by_image_name_in_every_layout(tmp_path):
+    # names whose order changes with the '_aligned' suffix: '.' < '0' < '_', so train_1.jpg < train_10.jpg but
+    # train_10_aligned.jpg < train_1_aligned.jpg; every layout sorts by the name without suffix and extension
+    write_rafdb(tmp_path / "official", ["train_10.jpg 4", "train_1.jpg 5", "test_1.jpg 7"])
+    write_label_file_layout(tmp_path / "label-file", ["train_10_aligned.jpg 3", "train_1_aligned.jpg 4"],
+                            ["test_1_aligned.jpg 6"])
+    for rel in ("train/4/train_10_aligned.jpg", "train/5/train_1_aligned.jpg", "test/7/test_1_aligned.jpg"):
+        touch(tmp_path / "class-folders" / rel)
+    for layout in ("official", "label-file", "class-folders"):
+        index = read_rafdb(tmp_path / layout)
+        assert index.layout == layout
+        assert [os.path.basename(p) for p in index.train_paths] == ["train_1_aligned.jpg", "train_10_aligned.jpg"]
+        assert index.train_labels.tolist() == [2, 1]  # RAF 5 Sadness -> 2, 4 Happiness -> 1
+
+
+# --- rafdb_image_dir: another image folder of the official layout --------------------------------------------------
+
+
+def write_original(root, lines, folder="original"):
+    """``basic/Image/<folder>/<name>.jpg`` (the original names) for every listed name."""
+    images = root / "basic" / "Image" / folder
+    images.mkdir(parents=True, exist_ok=True)
+    for line in lines:
+        if len(line.split()) == 2:
+            Image.new("RGB", (2, 2), (10, 20, 30)).save(images / line.split()[0])
+
+
+def test_image_dir_reads_the_original_names(tmp_path):
+    write_rafdb(tmp_path, GOOD)
+    write_original(tmp_path, GOOD, "mtcnn")
+    aligned, mtcnn = read_rafdb(tmp_path), read_rafdb(tmp_path, image_dir="mtcnn")
+    folder = os.path.join(str(tmp_path), "basic", "Image", "mtcnn")
+    assert mtcnn.train_paths == [os.path.join(folder, f"train_0000{i}.jpg") for i in range(1, 6)]
+    assert mtcnn.test_paths == [os.path.join(folder, "test_0001.jpg"), os.path.join(folder, "test_0002.jpg")]
+    # the same images in the same order as the aligned crops
+    assert [os.path.basename(p).replace("_aligned", "") for p in aligned.train_paths] == \
+        [os.path.basename(p) for p in mtcnn.train_paths]
+    assert mtcnn.train_labels.tolist() == aligned.train_labels.tolist()
+    assert mtcnn.test_labels.tolist() == aligned.test_labels.tolist()
+    assert read_rafdb(tmp_path, image_dir="aligned").train_paths == aligned.train_paths
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "mtcnn/x", "a\\b", None])
+def test_image_dir_must_be_one_folder_name(tmp_path, value):
+    write_rafdb(tmp_path, GOOD)
+    msg = error_of(tmp_path, image_dir=value)
+    assert msg == (f"rafdb_image_dir must be one folder name under <data_dir>/basic/Image (aligned, or e.g. "
+                   f"original, mtcnn), not {value!r}")
+
+
+def test_image_dir_errors(tmp_path):
+    write_rafdb(tmp_path, GOOD)
+    (tmp_path / "basic" / "Image" / "original").mkdir()
+    msg = error_of(tmp_path, image_dir="mtcnn")
+    assert msg.startswith(f"RAF-DB image folder {tmp_path / 'basic' / 'Image' / 'mtcnn'} does not exist "
+                          f"({tmp_path / 'basic' / 'Image'} holds: aligned, original); expected ")
+    assert "basic/Image/mtcnn/<name>.jpg" in msg
+
+    write_original(tmp_path, GOOD[:4], "mtcnn")  # test_0002, train_00003, train_00001 only
+    msg = error_of(tmp_path, image_dir="mtcnn")
+    assert msg.startswith("4 of 7 images listed in")
+    assert str(tmp_path / "basic" / "Image" / "mtcnn" / "train_00002.jpg") in msg
+    assert "basic/Image/mtcnn/<name>.jpg" in msg
+
+    other = tmp_path / "folders"
+    for rel in ("train/4/a.jpg", "test/1/b.jpg"):
+        touch(other / rel)
+    msg = error_of(other, image_dir="mtcnn")
+    assert msg == (f"rafdb_image_dir: mtcnn selects a folder of basic/Image in RAF-DB's official layout, but "
+                   f"data_dir {other} is in the class-folders layout; leave rafdb_image_dir at aligned")
+
+
+def test_rafdb_image_dir_without_a_rafdb_role_is_refused(tmp_path):
+    from remop_usb.config import parse_args
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algorithm: supervised\ndataset: ferplus\ndata_dir: /nowhere\nrafdb_image_dir: mtcnn\n")
+    with pytest.raises(UserError, match=r"rafdb_image_dir: mtcnn selects RAF-DB's image folder, but no dataset of "
+                                        r"this run is rafdb \(dataset, test_dataset, ulb_dataset: ferplus, -, -\)"):
+        parse_args(["--c", str(cfg)])

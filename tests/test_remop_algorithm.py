@@ -2,21 +2,11 @@
 
 import torch
 
-from conftest import train_argv
-from remop_usb.config import parse_args
-from remop_usb.launch import build_algorithm, resolve_device
+from conftest import build_for, one_batch
 
 
 def build(tiny_rafdb, tmp_path, **overrides):
-    args = parse_args(train_argv(tiny_rafdb, tmp_path, save_name="alg", **overrides))
-    resolve_device(args)
-    return build_algorithm(args)
-
-
-def one_batch(algorithm):
-    data_lb = next(iter(algorithm.loader_dict["train_lb"]))
-    data_ulb = next(iter(algorithm.loader_dict["train_ulb"]))
-    return algorithm.process_batch(**data_lb, **data_ulb)
+    return build_for(tiny_rafdb, tmp_path, **overrides)
 
 
 def test_fixmatch_masks_and_pseudo_labels_come_from_the_mixture(tiny_rafdb, tmp_path):
@@ -36,7 +26,8 @@ def test_fixmatch_masks_and_pseudo_labels_come_from_the_mixture(tiny_rafdb, tmp_
     n_lb, n_ulb = batch["y_lb"].shape[0], batch["x_ulb_w"].shape[0]
     out, log = alg.train_step(**batch)
     # FixMatch (use_cat) runs one forward over [x_lb, x_ulb_w, x_ulb_s]; rows n_lb.. n_lb+n_ulb are the weak view
-    (logits, mixture), = alg.recorder.records
+    (record,) = alg.recorder.records
+    logits, mixture = record["logits"], record["mixture"]
     weak_mixture = mixture[n_lb:n_lb + n_ulb]
     assert torch.equal(seen["probs"], weak_mixture)
     assert torch.equal(seen["pseudo_input"], weak_mixture)

@@ -19,10 +19,22 @@ RAF_SIZES = [RAF_TRAIN[name] for name in CANONICAL[:7]]  # [2524, 4772, 1982, 12
 assert sum(RAF_SIZES) == 12271
 
 
+# FERPlus's majority-vote training counts (vote columns 8740, 7287, 3149, 3014, 2100, 119, 532, 119 for neutral,
+# happiness, surprise, sadness, anger, disgust, fear, contempt), canonical order.
+FERPLUS_TRAIN = {"neutral": 8740, "happy": 7287, "sad": 3014, "surprise": 3149, "fear": 532, "disgust": 119,
+                 "anger": 2100, "contempt": 119}
+FERPLUS_SIZES = [FERPLUS_TRAIN[name] for name in CANONICAL]  # [8740, 7287, 3014, 3149, 532, 119, 2100, 119]
+assert sum(FERPLUS_SIZES) == 25060
+
+
+def shuffled_labels(sizes):
+    """A synthetic label array with class sizes ``sizes``, shuffled by a local generator."""
+    return np.random.default_rng(12345).permutation(np.repeat(np.arange(len(sizes)), sizes))
+
+
 def raf_labels():
-    """A synthetic label array with RAF-DB's class sizes, shuffled by a local generator."""
-    labels = np.repeat(np.arange(7), RAF_SIZES)
-    return np.random.default_rng(12345).permutation(labels)
+    """A synthetic label array with RAF-DB's class sizes."""
+    return shuffled_labels(RAF_SIZES)
 
 
 def usb_counts(n1, k, gamma):
@@ -47,13 +59,33 @@ PAPER_COUNTS = {
 # RAF-DB frequency rank: happy 4772 > neutral 2524 > sad 1982 > surprise 1290 > disgust 717 > anger 705 > fear 281.
 RAF_RANK = ["happy", "neutral", "sad", "surprise", "disgust", "anger", "fear"]
 
+# FERPlus (Table 4), K = 8: N_k = floor(N1 * 150^(-(k-1)/7)), 150^(1/7) = 2.045833. Exact values (50-digit decimal):
+#   (4000, 150): 4000, 1955.194, 955.696, 467.143, 228.339, 111.612, 54.556, 4000/150=26.667
+#   (1000, 150): 1000, 488.798, 238.924, 116.786, 57.085, 27.903, 13.639, 1000/150=6.667
+FERPLUS_PAPER_COUNTS = {
+    (4000, 150): [4000, 1955, 955, 467, 228, 111, 54, 26],
+    (1000, 150): [1000, 488, 238, 116, 57, 27, 13, 6],
+}
+# FERPlus frequency rank: neutral 8740 > happy 7287 > surprise 3149 > sad 3014 > anger 2100 > fear 532 >
+# disgust 119 = contempt 119 (a tie: the lower canonical index, disgust, first).
+FERPLUS_RANK = ["neutral", "happy", "surprise", "sad", "anger", "fear", "disgust", "contempt"]
 
-@pytest.mark.parametrize("setting", sorted(PAPER_COUNTS))
-def test_paper_counts(setting):
+#: dataset -> (training class sizes by name, frequency rank, the paper's (N1, gamma) -> N_1..N_K)
+PAPER = {"rafdb": (RAF_TRAIN, RAF_RANK, PAPER_COUNTS), "ferplus": (FERPLUS_TRAIN, FERPLUS_RANK, FERPLUS_PAPER_COUNTS)}
+PAPER_SETTINGS = [(dataset, setting) for dataset, (_, _, table) in PAPER.items() for setting in sorted(table)]
+
+
+@pytest.mark.parametrize("dataset, setting", PAPER_SETTINGS)
+def test_paper_counts(dataset, setting):
     n1, gamma = setting
-    assert imbalanced_counts(n1, 7, gamma) == PAPER_COUNTS[setting]
-    assert imbalanced_counts(n1, 7, float(gamma)) == PAPER_COUNTS[setting]
-    assert usb_counts(n1, 7, gamma) == PAPER_COUNTS[setting]  # identical to USB on the paper's settings
+    counts = PAPER[dataset][2][setting]
+    k = len(counts)
+    assert imbalanced_counts(n1, k, gamma) == counts
+    assert imbalanced_counts(n1, k, float(gamma)) == counts
+    assert usb_counts(n1, k, gamma) == counts  # identical to USB on the paper's settings
+    # the constants themselves, in integers: N_k is the largest m with m^(K-1) * gamma^(k-1) <= N1^(K-1)
+    for j, m in enumerate(counts):
+        assert m ** (k - 1) * gamma ** j <= n1 ** (k - 1) < (m + 1) ** (k - 1) * gamma ** j
 
 
 def test_counts_exact_where_float_floors_low():
@@ -86,27 +118,31 @@ def test_frequency_rank():
     assert frequency_rank([3, 3, 1], 4) == [3, 1, 0, 2]
 
 
-# Per-class labeled counts: N_k of rank k (RAF_RANK order), from PAPER_COUNTS. Every setting fits RAF-DB:
-# the tightest is (2000, 50): happy 2000 <= 4772, neutral 1042 <= 2524, sad 542 <= 1982, surprise 282 <= 1290,
-# disgust 147 <= 717, anger 76 <= 705, fear 40 <= 281.
-@pytest.mark.parametrize("setting", sorted(PAPER_COUNTS))
-def test_raf_split_counts(setting):
+# Per-class labeled counts: N_k of rank k (the dataset's rank), from its paper table. Every setting fits:
+# RAF-DB's tightest is (2000, 50): happy 2000 <= 4772, neutral 1042 <= 2524, sad 542 <= 1982, surprise 282 <= 1290,
+# disgust 147 <= 717, anger 76 <= 705, fear 40 <= 281; FERPlus's (4000, 150): neutral 4000 <= 8740, happy 1955 <=
+# 7287, surprise 955 <= 3149, sad 467 <= 3014, anger 228 <= 2100, fear 111 <= 532, disgust 54 <= 119, contempt 26 <=
+# 119.
+@pytest.mark.parametrize("dataset, setting", PAPER_SETTINGS)
+def test_paper_split_counts(dataset, setting):
     n1, gamma = setting
-    labels = raf_labels()
-    split = make_split("rafdb", labels, 7, n1, gamma, seed=0)
-    expected_lb = dict(zip(RAF_RANK, PAPER_COUNTS[setting]))
-    for c, name in enumerate(CANONICAL[:7]):
+    sizes, rank, table = PAPER[dataset]
+    k, total = len(sizes), sum(sizes.values())
+    labels = shuffled_labels([sizes[name] for name in CANONICAL[:k]])
+    split = make_split(dataset, labels, k, n1, gamma, seed=0)
+    expected_lb = dict(zip(rank, table[setting]))
+    for c, name in enumerate(CANONICAL[:k]):
         assert split.lb_counts[c] == expected_lb[name], name
-        assert split.ulb_counts[c] == RAF_TRAIN[name] - expected_lb[name], name
-    assert [CANONICAL[c] for c in split.class_order] == RAF_RANK
-    assert split.lb_idx.size == sum(PAPER_COUNTS[setting])  # e.g. (500,150): 877 labeled
-    assert split.ulb_idx.size == 12271 - sum(PAPER_COUNTS[setting])
+        assert split.ulb_counts[c] == sizes[name] - expected_lb[name], name
+    assert [CANONICAL[c] for c in split.class_order] == rank
+    assert split.lb_idx.size == sum(table[setting])  # e.g. RAF-DB (500,150): 877 labeled
+    assert split.ulb_idx.size == total - sum(table[setting])
     # counts are the counts of the actual indices
-    assert np.bincount(labels[split.lb_idx], minlength=7).tolist() == split.lb_counts
-    assert np.bincount(labels[split.ulb_idx], minlength=7).tolist() == split.ulb_counts
+    assert np.bincount(labels[split.lb_idx], minlength=k).tolist() == split.lb_counts
+    assert np.bincount(labels[split.ulb_idx], minlength=k).tolist() == split.ulb_counts
     # disjoint, cover everything, sorted, int64
     assert np.intersect1d(split.lb_idx, split.ulb_idx).size == 0
-    assert np.array_equal(np.union1d(split.lb_idx, split.ulb_idx), np.arange(12271))
+    assert np.array_equal(np.union1d(split.lb_idx, split.ulb_idx), np.arange(total))
     assert split.lb_idx.dtype == np.int64 and split.ulb_idx.dtype == np.int64
     assert np.all(np.diff(split.lb_idx) > 0) and np.all(np.diff(split.ulb_idx) > 0)
 
@@ -248,3 +284,15 @@ def test_split_is_frozen():
         split.seed = 5
     with pytest.raises(ValueError):
         split.lb_idx[0] = 0
+
+
+def test_all_labeled_split_labels_every_image_and_needs_gamma_1():
+    from datasets_fer.split import ALL_LABELED, make_split
+
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 2 + [3, 4, 5, 6])
+    split = make_split("rafdb", labels, 7, ALL_LABELED, 1, 0)
+    assert split.lb_idx.tolist() == list(range(14)) and split.ulb_idx.size == 0
+    assert split.lb_counts == [5, 3, 2, 1, 1, 1, 1] and split.ulb_counts == [0] * 7
+    assert make_split("rafdb", labels, 7, ALL_LABELED, 1, 1).lb_idx.tolist() == split.lb_idx.tolist()
+    with pytest.raises(UserError, match="lb_imb_ratio must then be 1"):
+        make_split("rafdb", labels, 7, ALL_LABELED, 10, 0)

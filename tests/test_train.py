@@ -49,14 +49,6 @@ def test_few_iterations_write_results(tiny_rafdb, tmp_path, config, algorithm, i
         assert json.load(f)["sha256"] == res["split_sha256"]
 
 
-def test_two_algorithms_get_the_identical_split(tiny_rafdb, tmp_path):
-    for alg in ("fixmatch", "supervised"):
-        assert main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{alg}.yaml", save_name=alg,
-                               num_train_iter=1, num_eval_iter=1)) == 0
-    a, b = (json.load(open(os.path.join(tmp_path, n, "split.json"))) for n in ("fixmatch", "supervised"))
-    assert a["sha256"] == b["sha256"] and a["lb_idx"] == b["lb_idx"] and a["ulb_idx"] == b["ulb_idx"]
-
-
 def test_usb_imbalanced_algorithms_train_on_cpu(tiny_rafdb, tmp_path):
     for imb in ("abc", "adsh"):
         assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/fixmatch.yaml", imb_algorithm=imb,
@@ -121,3 +113,18 @@ def test_checkpoints_record_completed_iterations_and_their_epoch(tiny_rafdb, tmp
     alg.it, alg.epoch = 8, 1  # after the loop: it already counts all 8 steps
     d = alg.get_save_dict()
     assert (d["it"], d["epoch"]) == (8, 2)  # USB would store 9
+
+
+def test_results_json_is_the_last_file_a_run_writes(tiny_rafdb, tmp_path, monkeypatch):
+    from remop_usb import plots, tracking
+
+    results_path = os.path.join(tmp_path, "run", "results.json")
+    seen = []
+    monkeypatch.setattr(plots, "write_run_plots", lambda *a: seen.append(("plots", os.path.exists(results_path)))
+                        or {})
+    monkeypatch.setattr(tracking, "finish", lambda *a: seen.append(("wandb", os.path.exists(results_path))))
+    argv = train_argv(tiny_rafdb, tmp_path, save_name="run", num_train_iter=2, num_eval_iter=2, plots=True)
+    assert main(argv) == 0
+    assert seen == [("plots", False), ("wandb", False)]  # a run stopped while plotting is not taken as finished
+    assert _results(tmp_path, "run")["last"]["it"] == 2
+

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..nets.wrapper import BackboneWrapper
+
 SIMILARITIES = ("cosine", "dot")
 MIXES = ("prob", "logit")
 REGULARIZERS = ("paper", "frobenius")
@@ -96,20 +98,20 @@ def etf_regularizer(centers: torch.Tensor, kind: str = "paper") -> torch.Tensor:
     raise ValueError(f"unknown regularizer {kind!r}; expected one of {REGULARIZERS}")
 
 
-class FeatureClassifierNet(nn.Module):
+class FeatureClassifierNet(BackboneWrapper):
     """A backbone plus the K x d class centers H (Eq. 4).
 
     The forward pass keeps the backbone's ``{'logits', 'feat'}`` and adds ``feat_pred`` (Eq. 5) and ``mixture``
     (Eq. 6), so the mixture is available wherever the model runs -- pseudo-labelling and test time alike.
     """
 
+    own_no_weight_decay = ("centers",)
+
     def __init__(self, backbone: nn.Module, num_classes: int, beta: float = 0.5, similarity: str = "cosine",
                  mix: str = "prob"):
-        super().__init__()
+        super().__init__(backbone)
         if similarity not in SIMILARITIES or mix not in MIXES:
             raise ValueError(f"similarity must be one of {SIMILARITIES} and mix one of {MIXES}")
-        self.backbone = backbone
-        self.num_features = backbone.num_features
         self.beta, self.similarity, self.mix = float(beta), similarity, mix
         self.centers = nn.Parameter(torch.randn(num_classes, self.num_features))
 
@@ -120,10 +122,3 @@ class FeatureClassifierNet(nn.Module):
         out["feat_pred"] = feature_prediction(out["feat"], self.centers, self.similarity)
         out["mixture"] = mix_predictions(out["logits"], out["feat_pred"], self.beta, self.mix)
         return out
-
-    def group_matcher(self, coarse=False, prefix=""):
-        return self.backbone.group_matcher(coarse, prefix=prefix + "backbone.")
-
-    def no_weight_decay(self):
-        inner = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else []
-        return ["backbone." + n for n in inner] + ["centers"]

@@ -7,13 +7,43 @@ Expression Recognition". Implemented here:
   cosine of a feature to each center and the mixture is beta * p_l + (1 - beta) * p_s
   (:class:`~remop_usb.algorithms.feature_classifier.FeatureClassifierNet`).
 - Eq. 7: the base learner's pseudo-labels and confidence come from the mixture on the weak view instead of the
-  linear prediction. The wrapper does this by overriding ``compute_prob``, the one place where USB's learners
-  (FixMatch, FlexMatch, FreeMatch, SoftMatch, ...) turn weak-view logits into a distribution: the logits handed to
-  it are located in this step's forward outputs and replaced by the mixture of the same rows.
-- Center loss lambda1 * L_c over labeled features and confident (max p_m >= tau) unlabeled features.
+  linear prediction. Every forward pass of a training step is recorded (logits, features, mixture); wherever the
+  learner turns a prediction into probabilities, the rows are located in those records and the mixture of the same
+  rows is substituted. There are two such places, both overridden here, none of the learners' code copied:
+  ``compute_prob`` (logits -> probabilities), and ``call_hook`` for the hooks that receive a linear prediction
+  (:data:`PREDICTION_ARGUMENTS`): logits that a hook would softmax are replaced by the mixture with the hook's
+  softmax switched off, and probabilities that are exactly the softmax of recorded logits by the mixture; anything
+  else (the mixture already, or probabilities derived from it) is passed on unchanged.
+- Center loss lambda1 * L_c over labeled features and confident unlabeled features: the weak-view features whose
+  own mixture is confident (max p_m >= tau), each with the center of its argmax (with two weak views, Ada-CM's,
+  the mean of their mixtures, as the learner's own pseudo-label).
 - Eq. 8: lambda2 * L_reg pushing the centered class centers toward a simplex ETF.
 - Eq. 9: L = L_base + lambda1 * L_c + lambda2 * L_reg; the mixture is also the test-time prediction.
   Evaluation reports the mixture (primary, used for model selection) and the linear classifier.
+
+What the mixture replaces, per learner (``algorithm: ...``):
+
+- ``supervised`` (Vanilla): no pseudo-labels; the mixture enters the center loss's labeled part and test time only.
+- ``fixmatch``: ``compute_prob`` of the weak logits -> the fixed-threshold mask (max p_m >= p_cutoff) and the
+  hard pseudo-labels (argmax p_m).
+- ``flexmatch``: ``compute_prob`` of the weak logits -> the class-wise flexible thresholds: the mask and the
+  ``selected_label`` bookkeeping (argmax p_m of samples with max p_m >= p_cutoff) behind the learning effects,
+  and the pseudo-labels.
+- ``freematch``: the weak logits handed to its MaskingHook -> the self-adaptive threshold's state (``time_p``:
+  EMA of the mean max p_m; ``p_model``: EMA of the mean p_m; ``label_hist``: histogram of argmax p_m) and its mask;
+  the logits handed to PseudoLabelingHook -> argmax p_m. Its entropy (fairness) term keeps the strong view's
+  softmax, measured against that mixture-based ``p_model``.
+- ``softmatch``: the softmax of the weak (and labeled) logits handed to its DistAlignHook -> p_m (so DA's running
+  ``p_model``, and ``p_target`` with ``dist_uniform: False``, are means of p_m); the aligned mixture feeds the
+  truncated-Gaussian weighting and its running mean/variance of the confidence; the logits handed to
+  PseudoLabelingHook -> argmax p_m.
+- ``adacm``: every ``compute_prob`` -> the labeled confidences its adaptive margins are learned from (also in the
+  EMA pass of ``adacm_margin_source: ema``), and both weak views, whose mean mixture is split into subset I
+  (pseudo-labels argmax) and subset II by those margins.
+
+With soft pseudo-labels (``hard_label: False``) the mixture itself is the target, not sharpened by ``T``. With
+``remop_mix: prob`` (Eq. 6) a mixture row is not a distribution (the cosine term lies in [-1, 1]); learners that
+average it (FreeMatch's ``p_model``, SoftMatch's alignment) get it as it is. ``remop_mix: logit`` gives a softmax.
 
 Options reproducing the authors' released code (each a key; ``remop_preset: official`` sets all of them):
 1. ``remop_similarity: dot`` -- raw dot product of features and centers instead of the cosine;
@@ -32,8 +62,6 @@ Options reproducing the authors' released code (each a key; ``remop_preset: offi
 from __future__ import annotations
 
 import contextlib
-from inspect import signature
-
 import torch
 from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core import ImbAlgorithmBase
@@ -67,15 +95,28 @@ PRESETS = {
 
 
 class ForwardRecorder:
-    """Keeps the (logits, mixture) of every forward pass of one training step, to look rows up by their logits."""
+    """Keeps the outputs of the model's forward passes, to find the mixture produced together with given rows.
+
+    During a training step (:meth:`recording`) every forward pass is kept; outside one, only the latest (so that a
+    learner calling ``compute_prob`` right after a forward of its own -- Ada-CM's EMA pass -- still gets the
+    mixture). Rows are looked up by their logits, their features, or their linear probabilities (the softmax of
+    the logits).
+    """
+
+    FIELDS = ("logits", "feat", "mixture")
 
     def __init__(self):
         self.active = False
         self.records = []
 
     def hook(self, module, inputs, output):
-        if self.active and isinstance(output, dict) and "mixture" in output:
-            self.records.append((output["logits"].detach(), output["mixture"].detach()))
+        if not (isinstance(output, dict) and "mixture" in output):
+            return
+        record = {k: output[k].detach() for k in self.FIELDS if k in output}
+        if self.active:
+            self.records.append(record)
+        else:
+            self.records = [record]
 
     @contextlib.contextmanager
     def recording(self):
@@ -85,17 +126,64 @@ class ForwardRecorder:
         finally:
             self.active = False
 
-    def mixture_for(self, logits: torch.Tensor):
-        """The mixture rows produced together with exactly these logit rows in this step, or None."""
-        n = logits.shape[0]
-        for rec_logits, rec_mixture in self.records:
-            if rec_logits.shape[1:] != logits.shape[1:] or rec_logits.shape[0] < n or n == 0:
-                continue
-            starts = (rec_logits == logits[0]).all(dim=1).nonzero().flatten().tolist()
-            for s in starts:
-                if s + n <= rec_logits.shape[0] and torch.equal(rec_logits[s:s + n], logits):
-                    return rec_mixture[s:s + n]
+    @staticmethod
+    def _values(record, field):
+        if field == "probs":
+            return torch.softmax(record["logits"], dim=-1)
+        return record.get(field)
+
+    def mixture_for(self, rows: torch.Tensor, field: str = "logits"):
+        """The mixture rows produced together with exactly these rows of ``field`` (``logits``, ``feat`` or
+        ``probs``) in one recorded forward pass, or None. Rows that are a view of a recorded output (what learners
+        slice from ``self.model(...)``) are found by their place in its memory; others by their values, where rows
+        found at several places with different mixtures are an error (they cannot be told apart)."""
+        rows = rows.detach()
+        for record in self.records:
+            start = _view_start(record.get(field), rows)
+            if start is not None:
+                return record["mixture"][start:start + rows.shape[0]]
+        found = []
+        for record in self.records:
+            values = self._values(record, field)
+            for s in ([] if values is None else _starts_of(values, rows)):
+                found.append(record["mixture"][s:s + rows.shape[0]])
+        if not found:
+            return None
+        if any(not torch.equal(found[0], other) for other in found[1:]):
+            raise RuntimeError(f"ReMoP: these {field} rows occur several times in this step's forward passes with "
+                               f"different mixtures; cannot tell which mixture belongs to them")
+        return found[0]
+
+
+def _view_start(values, rows: torch.Tensor):
+    """s such that ``rows`` is the view ``values[s:s + len(rows)]`` (same memory, same layout), else None."""
+    if values is None or rows.shape[0] == 0 or values.shape[1:] != rows.shape[1:] or values.dtype != rows.dtype:
         return None
+    if rows.untyped_storage().data_ptr() != values.untyped_storage().data_ptr() or rows.stride() != values.stride():
+        return None
+    start, rest = divmod(rows.storage_offset() - values.storage_offset(), values.stride(0))
+    if rest or start < 0 or start + rows.shape[0] > values.shape[0]:
+        return None
+    return start
+
+
+def _starts_of(values: torch.Tensor, rows: torch.Tensor):
+    """Every s such that values[s:s + len(rows)] equals ``rows`` exactly."""
+    n = rows.shape[0]
+    if n == 0 or values.dtype != rows.dtype or values.shape[1:] != rows.shape[1:] or values.shape[0] < n:
+        return []
+    starts = (values == rows[0]).all(dim=1).nonzero().flatten().tolist()
+    return [s for s in starts if s + n <= values.shape[0] and torch.equal(values[s:s + n], rows)]
+
+
+#: (hook name, hook method) -> the keyword arguments through which USB's learners hand a hook the linear prediction
+#: of a batch: (argument, flag). With the flag set (its default is True) the hook applies a softmax, so the
+#: argument holds logits; otherwise -- and where there is no flag -- it holds probabilities.
+PREDICTION_ARGUMENTS = {
+    ("MaskingHook", "masking"): (("logits_x_ulb", "softmax_x_ulb"), ("logits_x_lb", "softmax_x_lb")),
+    ("PseudoLabelingHook", "gen_ulb_targets"): (("logits", "softmax"),),
+    ("DistAlignHook", "dist_align"): (("probs_x_ulb", None), ("probs_x_lb", None)),
+}
 
 
 @IMB_ALGORITHMS.register("remop")
@@ -114,11 +202,11 @@ class ReMoP(ImbAlgorithmBase):
         self.ema_model.load_state_dict(self.model.state_dict())
         self.recorder = ForwardRecorder()
         self.model.register_forward_hook(self.recorder.hook)
+        self.ema_model.register_forward_hook(self.recorder.hook)
         if self.center_grad_scale != 1.0:
             scale = self.center_grad_scale
             self.model.centers.register_hook(lambda grad: grad * scale)
         self.optimizer, self.scheduler = self.set_optimizer()
-        self._mixture_ulb = None
 
     def imb_init(self, args):
         self.beta = args.remop_beta
@@ -138,46 +226,72 @@ class ReMoP(ImbAlgorithmBase):
 
     # -- the mixture replaces the linear prediction for pseudo-labels (Eq. 7) -------------------------------------
     def compute_prob(self, logits):
-        mixture = self.recorder.mixture_for(logits) if self.recorder.active else None
-        if mixture is None:
-            if self.recorder.active:
-                raise RuntimeError(
-                    f"ReMoP could not find the features behind the logits the base algorithm "
-                    f"'{self.args.algorithm}' turns into pseudo-labels; it must compute them with self.model(...)")
-            return super().compute_prob(logits)
-        self._mixture_ulb = mixture
-        return mixture
+        """The mixture of the rows these logits came from (FixMatch, FlexMatch, Ada-CM, ... call this)."""
+        mixture = self.recorder.mixture_for(logits)
+        if mixture is not None:
+            return mixture
+        if self.recorder.active:
+            raise RuntimeError(
+                f"ReMoP could not find the features behind the logits the base algorithm "
+                f"'{self.args.algorithm}' turns into pseudo-labels; it must compute them with self.model(...)")
+        return super().compute_prob(logits)
 
-    def process_batch(self, **kwargs):
-        input_args = list(signature(super().train_step).parameters.keys())
-        return super().process_batch(input_args=input_args, **kwargs)
+    def call_hook(self, fn_name, hook_name=None, *args, **kwargs):
+        """Hand the learner's hooks the mixture wherever it hands them a linear prediction (see the docstring)."""
+        if hook_name is not None and self.recorder.active:
+            kwargs = self._with_mixture(fn_name, hook_name, kwargs)
+        return super().call_hook(fn_name, hook_name, *args, **kwargs)
+
+    def _with_mixture(self, fn_name, hook_name, kwargs):
+        kwargs = dict(kwargs)
+        for arg, flag in PREDICTION_ARGUMENTS.get((hook_name, fn_name), ()):
+            value = kwargs.get(arg)
+            if not isinstance(value, torch.Tensor):
+                continue
+            if flag is not None and kwargs.get(flag, True):  # logits the hook would turn into probabilities
+                kwargs[arg], kwargs[flag] = self.compute_prob(value.detach()), False
+                continue
+            mixture = self.recorder.mixture_for(value, "probs")  # the softmax of recorded logits
+            if mixture is not None:
+                kwargs[arg] = mixture  # anything else is the mixture already, or derived from it: kept
+        return kwargs
 
     def train_step(self, *args, **kwargs):
-        self._mixture_ulb = None
         with self.recorder.recording():
             out_dict, log_dict = super().train_step(*args, **kwargs)
-        feats = out_dict.get("feat") if isinstance(out_dict.get("feat"), dict) else {}
-        if "x_lb" not in feats:
-            raise RuntimeError(f"ReMoP needs out_dict['feat']['x_lb'] from the base algorithm "
-                               f"'{self.args.algorithm}' (USB's process_out_dict(feat=...) contract)")
-        centers = unwrap(self.model).centers
-        groups = [center_sq_distances(feats["x_lb"], centers, kwargs["y_lb"])]
-        mask_rate = 0.0
-        if self._mixture_ulb is not None:
-            view = "x_ulb_w" if self.ulb_center_view == "weak" else "x_ulb_s"
-            feat_ulb = feats[view][0] if isinstance(feats[view], (list, tuple)) else feats[view]
-            conf, pseudo = self._mixture_ulb.max(dim=1)
-            mask = conf >= self.tau
-            mask_rate = mask.float().mean().item()
-            groups.append(center_sq_distances(feat_ulb[mask], centers, pseudo[mask]))
+            feats = out_dict.get("feat") if isinstance(out_dict.get("feat"), dict) else {}
+            if "x_lb" not in feats:
+                raise RuntimeError(f"ReMoP needs out_dict['feat']['x_lb'] from the base algorithm "
+                                   f"'{self.args.algorithm}' (USB's process_out_dict(feat=...) contract)")
+            centers = unwrap(self.model).centers
+            groups = [center_sq_distances(feats["x_lb"], centers, kwargs["y_lb"])]
+            mask_rate = 0.0
+            if "x_ulb_w" in feats:
+                group, mask_rate = self._confident_unlabeled(feats, centers)
+                groups.append(group)
         loss_center = center_loss(groups, self.center_reduction)
         loss_reg = etf_regularizer(centers, self.reg_kind)
         out_dict["loss"] = out_dict["loss"] + self.lambda_center * loss_center + self.lambda_reg * loss_reg
         log_dict["train/remop_center_loss"] = loss_center.item()
         log_dict["train/remop_reg_loss"] = loss_reg.item()
         log_dict["train/remop_mask"] = mask_rate
-        self._mixture_ulb = None
         return out_dict, log_dict
+
+    def _confident_unlabeled(self, feats, centers):
+        """Squared distances of the unlabeled features whose weak-view mixture is confident (max p_m >= tau) to
+        the center of its argmax, and the fraction of such samples. A learner with two weak views (Ada-CM's
+        ``x_ulb_w_2``) pseudo-labels from their mean prediction, so the mean of the two mixtures decides here too;
+        the distances are those of the first weak view's features."""
+        weak = _first(feats["x_ulb_w"])
+        views = [weak] + ([_first(feats["x_ulb_w_2"])] if "x_ulb_w_2" in feats else [])
+        mixtures = [self.recorder.mixture_for(view, "feat") for view in views]
+        if any(m is None for m in mixtures):
+            raise RuntimeError(f"ReMoP could not find the weak-view features of the base algorithm "
+                               f"'{self.args.algorithm}' in this step's forward passes")
+        conf, pseudo = (sum(mixtures) / len(mixtures)).max(dim=1)
+        mask = conf >= self.tau
+        feat_ulb = weak if self.ulb_center_view == "weak" else _first(feats["x_ulb_s"])
+        return center_sq_distances(feat_ulb[mask], centers, pseudo[mask]), mask.float().mean().item()
 
     # -- evaluation: the mixture at test time ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -221,3 +335,8 @@ class ReMoP(ImbAlgorithmBase):
         "remop_ulb_center_view": ("weak", "strong"),
         "remop_eval_centers": ("ema", "live"),
     }
+
+
+def _first(value):
+    """A view's features, or the first of several (learners with two strong views give a list)."""
+    return value[0] if isinstance(value, (list, tuple)) else value

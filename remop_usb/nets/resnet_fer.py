@@ -19,10 +19,14 @@ import torchvision
 
 from remop_usb.errors import UserError
 
-__all__ = ["ResNet18FER", "resnet18_fer", "load_face_checkpoint", "TRUNK_MODULES"]
+__all__ = ["ResNet18FER", "resnet18_fer", "load_face_checkpoint", "add_classwise_bn", "TRUNK_MODULES",
+           "CLASSWISE_BN_BRANCHES"]
 
 # torchvision resnet18 children that make up the trunk, in forward order (its ``fc`` is not used).
 TRUNK_MODULES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
+
+#: the class-wise BatchNorm branches of CPE (Ma et al., AAAI 2024), in this order: ``branch_bn.0`` .. ``.2``
+CLASSWISE_BN_BRANCHES = ("head", "medium", "tail")
 
 
 class ResNet18FER(nn.Module):
@@ -36,12 +40,19 @@ class ResNet18FER(nn.Module):
     ``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``, ...); the head is ``classifier.weight`` /
     ``classifier.bias``. Pooling is adaptive, so any input of at least 32x32 px works.
 
+    With ``classwise_bn=True`` (or after :func:`add_classwise_bn`) the layer4 feature map goes through three
+    parallel ``BatchNorm2d`` branches (``branch_bn.0/1/2``: head, medium, tail; CPE's class-wise BN) before pooling
+    and dropout; the output gains ``'branch_feat'`` ``(N, 3, 512)``, ``'feat'`` is the mean of the branch features
+    and ``'logits'`` the classifier of that mean (= the mean of the branch logits). The default model has no such
+    module: its forward pass and state_dict keys are unchanged.
+
     Args:
         num_classes: number of expression classes.
         dropout: dropout probability before the classifier, ``0 <= p < 1`` (default 0.5).
+        classwise_bn: add CPE's three class-wise BatchNorm branches (default False).
     """
 
-    def __init__(self, num_classes: int, dropout: float = 0.5):
+    def __init__(self, num_classes: int, dropout: float = 0.5, classwise_bn: bool = False):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise UserError(f"resnet18_fer: num_classes must be a positive integer, got {num_classes!r}")
@@ -53,6 +64,9 @@ class ResNet18FER(nn.Module):
         self.num_features = trunk.fc.in_features  # 512
         self.dropout = nn.Dropout(p=float(dropout))
         self.classifier = nn.Linear(self.num_features, num_classes)
+        self.branch_bn = None  # CPE's class-wise BN branches (an nn.ModuleList) when enabled
+        if classwise_bn:
+            add_classwise_bn(self)
 
     def extract(self, x):
         """Trunk up to layer4: ``(N, 3, H, W) -> (N, 512, h, w)``."""
@@ -69,15 +83,27 @@ class ResNet18FER(nn.Module):
             only_fc: ``x`` is a feature; return the classifier output (logits) only.
             only_feat: return only the 512-d feature (pooled, after dropout).
         Returns:
-            ``{'logits': (N, num_classes), 'feat': (N, 512)}`` unless a flag says otherwise.
+            ``{'logits': (N, num_classes), 'feat': (N, 512)}`` unless a flag says otherwise; with class-wise BN
+            also ``'branch_feat': (N, 3, 512)``.
         """
         if only_fc:
             return self.classifier(x)
-        feat = torch.flatten(self.avgpool(self.extract(x)), 1)
-        feat = self.dropout(feat)
+        fmap = self.extract(x)
+        branch_feat = None
+        if self.branch_bn is None:
+            feat = self.dropout(self._pool(fmap))
+        else:
+            branch_feat = self.dropout(torch.stack([self._pool(bn(fmap)) for bn in self.branch_bn], dim=1))
+            feat = branch_feat.mean(dim=1)
         if only_feat:
             return feat
-        return {"logits": self.classifier(feat), "feat": feat}
+        out = {"logits": self.classifier(feat), "feat": feat}
+        if branch_feat is not None:
+            out["branch_feat"] = branch_feat
+        return out
+
+    def _pool(self, fmap):
+        return torch.flatten(self.avgpool(fmap), 1)
 
     def group_matcher(self, coarse=False, prefix=""):
         """Parameter groups for layer-wise lr decay: the stem, then each stage (coarse) or each block."""
@@ -95,6 +121,23 @@ class ResNet18FER(nn.Module):
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm) or p_name == "bias":
                     names.append(f"{mod_name}.{p_name}" if mod_name else p_name)
         return names
+
+
+def add_classwise_bn(model: ResNet18FER) -> ResNet18FER:
+    """Give ``model`` CPE's class-wise BN: three fresh ``BatchNorm2d`` on the layer4 feature map (in place).
+
+    CPE (Ma et al., "Three Heads Are Better Than One: Complementary Experts for Long-Tailed Semi-supervised
+    Learning", AAAI 2024) normalises the last feature map with one BatchNorm per class group (head, medium, tail);
+    every sample goes through all three, and the algorithm decides which branches learn from which pseudo-labels.
+    A model that already has them is returned unchanged.
+    """
+    if not isinstance(model, ResNet18FER):
+        raise UserError(f"class-wise BN is implemented for net resnet18_fer, not {type(model).__name__}")
+    if model.branch_bn is None:
+        ref = model.classifier.weight
+        model.branch_bn = nn.ModuleList(nn.BatchNorm2d(model.num_features) for _ in CLASSWISE_BN_BRANCHES)
+        model.branch_bn.to(device=ref.device).train(model.training)
+    return model
 
 
 def resnet18_fer(num_classes, pretrained=False, pretrained_path=None, dropout=0.5, **kwargs):

@@ -1,10 +1,19 @@
-"""Optimizers and learning-rate schedules for every algorithm (installed over USB's ``set_optimizer``).
+"""Optimizers and learning-rate schedules for every algorithm: USB's ``set_optimizer``, replaced.
 
-USB 0.3.2 offers SGD and AdamW with a cosine schedule, and its imbalanced wrappers silently drop the schedule.
-Here ``optim`` is one of ``SGD | AdamW | Adam`` (Adam is the ReMoP paper's: lr 1e-4, no decay) and
-``lr_schedule`` is ``cosine`` (USB's cosine with ``num_warmup_iter`` warm-up) or ``constant`` -- the same for plain
-and imbalanced algorithms. Parameters named by the net's ``no_weight_decay()`` (biases, BN, ReMoP's centers) get no
-weight decay.
+============================================  ======================================================================
+quirk in 0.3.2                                what we do
+============================================  ======================================================================
+``get_optimizer``: SGD and AdamW only         :func:`build_optimizer`: ``optim: SGD | AdamW | Adam`` (Adam is the
+                                              ReMoP paper's: lr 1e-4, no decay)
+cosine schedule only                          :func:`build_scheduler`: ``lr_schedule: cosine`` (USB's, with
+                                              ``num_warmup_iter`` warm-up) or ``constant``
+``ImbAlgorithmBase.set_optimizer`` (beyond    :func:`set_optimizer` on ``AlgorithmBase`` and ``ImbAlgorithmBase``:
+  ImageNet / ViT) drops the schedule            the same optimizer and schedule for plain and imbalanced algorithms
+  (``scheduler = None``) and decays BN and
+  biases (``bn_wd_skip=False``)
+============================================  ======================================================================
+
+Parameters named by the net's ``no_weight_decay()`` (biases, BN, ReMoP's centers) get no weight decay.
 """
 
 from __future__ import annotations
@@ -47,3 +56,10 @@ def set_optimizer(self):
     optimizer = build_optimizer(self.model, args.optim, args.lr, args.momentum, args.weight_decay, args.layer_decay)
     scheduler = build_scheduler(optimizer, args.lr_schedule, self.num_train_iter, args.num_warmup_iter)
     return optimizer, scheduler
+
+
+def install():
+    from semilearn.core.algorithmbase import AlgorithmBase, ImbAlgorithmBase
+
+    AlgorithmBase.set_optimizer = set_optimizer
+    ImbAlgorithmBase.set_optimizer = set_optimizer

@@ -1,4 +1,7 @@
-"""Every adaptation to semilearn 0.3.2's quirks, in one place.
+"""Every adaptation to semilearn 0.3.2's quirks, in one place: this package.
+
+The general patches live in this module; larger topics have their own submodule here (each with an ``install()``
+and a docstring table of the quirks it answers), installed by :func:`install` in alphabetical order.
 
 USB 0.3.2 assumes CUDA everywhere, a fixed list of datasets and optimizers, and DDP-wrapped models. Rather than
 forking it, :func:`install` patches the few functions that carry those assumptions, once, before any algorithm is
@@ -8,31 +11,39 @@ built. Each patch names the quirk it answers (see ``../shared/reference/usb-semi
 quirk in 0.3.2                   what we do
 ===============================  ==========================================================================
 TimerHook uses CUDA events       wall-clock timer (CUDA-synchronised when on GPU)
-process_batch / evaluate .cuda   move tensors with ``.to(device)``; evaluation in :mod:`remop_usb.evaluation`
+process_batch / evaluate .cuda   move tensors with ``.to(device)``; evaluation in :mod:`.evaluation`
+process_batch drops every key    keys from the first ``train_step`` in the MRO that names them
+  under train_step(*a, **kw)     (:func:`batch_keys`), so a wrapper needs no process_batch of its own
 send_model_cuda raises on CPU    :func:`place_model`: CPU, one GPU or DDP (gloo on CPU, nccl on GPU)
 ABC & co. expect ``.module``     :class:`ModuleWrapper` gives every non-DDP model a ``.module``
-torch.load weights_only=True     USB's own checkpoints are loaded with weights_only=False
 get_dataset is a fixed if/elif   FER datasets dispatched first, USB's names fall through
-optimizers SGD/AdamW only        :mod:`remop_usb.optim` adds Adam and a constant schedule
+optimizers SGD/AdamW only        :mod:`.optim` adds Adam and a constant schedule (its own table)
 supervised omits features        USB's ``supervised``/``fullysupervised`` re-registered returning ``feat``
 ABC evaluates logits_aux only    ABC declares its heads (aux first, linear beside it) for results.json
-NaN losses are stepped on         ParamUpdateHook stops training on a non-finite loss, naming step and terms
-checkpoints store it+1, epoch+1   completed iterations and their epoch, so a resumed run finishes every step
+ABC's rates min(N)/N_c: a class  :func:`abc_keep_rates`: N_min over the classes that have labeled images;
+  without labeled images makes   a class without any keeps rate 1 (the limit of a probability
+  them 0 and NaN (bernoulli      min(1, N_min / N_c) as N_c -> 0: kept always, like the rarest class)
+  raises "p_in >= 0 && <= 1")
+NaN losses are stepped on        ParamUpdateHook stops training on a non-finite loss, naming step and terms
+checkpoints, resume              :mod:`.checkpointing`: atomic, checked, exact resume (its own table)
 ruamel.yaml >= 0.18 load()       configs are read by :mod:`remop_usb.config`, never by USB
-mp.spawn with zero GPUs          the launcher never spawns without GPUs (:mod:`remop_usb.launch`)
+ngpus_per_node, saving on every  :mod:`.distributed` (its own table)
+  DDP process
 ===============================  ==========================================================================
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from inspect import signature
+from inspect import Parameter, signature
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 _INSTALLED = False
 
@@ -86,10 +97,31 @@ def _to_device(value, device):
     return value.to(device, non_blocking=True)
 
 
+def batch_keys(algorithm) -> list:
+    """The batch keys ``train_step`` takes: the parameter names of the first ``train_step`` along the MRO that
+    names them. A wrapper's ``train_step(*args, **kwargs)`` (ABC's, ReMoP's, a plugin's) names none; USB 0.3.2 then
+    drops every batch tensor unless the wrapper also overrides ``process_batch``."""
+    return list(_batch_keys_of(type(algorithm)))
+
+
+@functools.lru_cache(maxsize=None)
+def _batch_keys_of(cls) -> tuple:
+    variadic = (Parameter.VAR_POSITIONAL, Parameter.VAR_KEYWORD)
+    for klass in cls.__mro__:
+        step = klass.__dict__.get("train_step")
+        if step is None:
+            continue
+        names = tuple(n for n, p in signature(step).parameters.items() if n != "self" and p.kind not in variadic)
+        if names:
+            return names
+    return ()
+
+
 def process_batch(self, input_args=None, **kwargs):
-    """AlgorithmBase.process_batch without ``.cuda``: keep the train_step's arguments, move them to the device."""
+    """AlgorithmBase.process_batch without ``.cuda``: keep the train_step's arguments (:func:`batch_keys`), move
+    them to the device."""
     if input_args is None:
-        input_args = list(signature(self.train_step).parameters.keys())
+        input_args = batch_keys(self)
     device = device_of(self)
     return {k: _to_device(v, device) for k, v in kwargs.items() if k in input_args and v is not None}
 
@@ -111,25 +143,6 @@ def _timer_after_train_step(self, algorithm):
     algorithm._remop_batch_start = time.perf_counter()
 
 
-def _load_model_trusting_own_checkpoints(original):
-    """USB's load_model calls torch.load with torch>=2.6's weights_only=True default; its checkpoints hold numpy."""
-
-    def load_model(self, load_path):
-        real_load = torch.load
-
-        def trusting_load(*args, **kwargs):
-            kwargs.setdefault("weights_only", False)
-            return real_load(*args, **kwargs)
-
-        torch.load = trusting_load
-        try:
-            return original(self, load_path)
-        finally:
-            torch.load = real_load
-
-    return load_model
-
-
 class NonFiniteLoss(UserError):
     """Training stopped because a loss was NaN or infinite, before that step touched the weights."""
 
@@ -149,21 +162,6 @@ def _stop_on_non_finite_loss(original):
         return original(self, algorithm)
 
     return after_train_step
-
-
-def _save_progress_exactly(original):
-    """USB stores ``it + 1`` and ``epoch + 1`` in every checkpoint. Mid-epoch that makes a resumed run skip to the
-    next epoch and finish short of num_train_iter; after the last step (``it`` already incremented) it is one too
-    many. Store the number of completed iterations and the epoch they fall in instead."""
-
-    def get_save_dict(self):
-        save_dict = original(self)
-        completed = min(self.it + 1, self.num_train_iter)
-        save_dict["it"] = completed
-        save_dict["epoch"] = completed // max(1, self.num_iter_per_epoch)
-        return save_dict
-
-    return get_save_dict
 
 
 def _supervised_with_features():
@@ -212,6 +210,40 @@ def _declare_abc_heads():
     ABC.prediction_heads = (("aux", "logits_aux"), ("linear", "logits"))
 
 
+def abc_keep_rates(class_counts) -> torch.Tensor:
+    """ABC's Bernoulli rates per class, ``N_min / N_c`` with ``N_min`` the smallest non-zero labeled count, and 1
+    for a class with no labeled image (float64, as USB's).
+
+    The rate is the probability that a sample labeled (or, increasingly over training, pseudo-labeled) ``c`` enters
+    the balanced head's loss, so that every class contributes ``N_min`` labeled samples in expectation. USB takes
+    ``N_min`` over all classes: one empty class makes it 0, every other rate 0 (the balanced head sees no label) and
+    its own 0/0 = NaN. Balance can only be struck among the classes that have samples; a class with none is rarer
+    than the rarest of them, whose rate is 1, and its rate is a probability -- so 1: its pseudo-labels are always
+    kept. No labeled sample ever reads it."""
+    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
+    present = counts > 0
+    if not present.any():
+        return torch.ones_like(counts)
+    return torch.where(present, counts[present].min() / counts.clamp(min=1), torch.ones_like(counts))
+
+
+def _abc_rates_without_empty_classes():
+    """ABC.__init__ with :func:`abc_keep_rates` in place of USB's ``min(dist) / dist``."""
+    from semilearn.imb_algorithms.abc.abc import ABC
+
+    original = ABC.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        with np.errstate(invalid="ignore", divide="ignore"):  # USB's 0/0, replaced right below
+            original(self, *args, **kwargs)
+        counts = np.bincount(np.asarray(self.dataset_dict["train_lb"].targets, dtype=np.int64),
+                             minlength=self.num_classes)
+        self.lb_class_dist = abc_keep_rates(counts)
+
+    ABC.__init__ = __init__
+
+
 def install():
     """Apply every patch (idempotent). Called by ``remop_usb.registry.load()`` before anything is built."""
     global _INSTALLED
@@ -220,7 +252,6 @@ def install():
     import semilearn.core.algorithmbase as algorithmbase
     from semilearn.core.hooks import TimerHook
 
-    from . import evaluation, optim
     from datasets_fer import usb as fer_usb
 
     from semilearn.core.hooks import ParamUpdateHook
@@ -231,13 +262,19 @@ def install():
     TimerHook.after_train_step = _timer_after_train_step
 
     algorithmbase.AlgorithmBase.process_batch = process_batch
-    algorithmbase.AlgorithmBase.evaluate = evaluation.evaluate
-    algorithmbase.AlgorithmBase.load_model = _load_model_trusting_own_checkpoints(
-        algorithmbase.AlgorithmBase.load_model)
-    algorithmbase.AlgorithmBase.get_save_dict = _save_progress_exactly(algorithmbase.AlgorithmBase.get_save_dict)
-    algorithmbase.AlgorithmBase.set_optimizer = optim.set_optimizer
-    algorithmbase.ImbAlgorithmBase.set_optimizer = optim.set_optimizer
     algorithmbase.get_dataset = fer_usb.dispatching_get_dataset(algorithmbase.get_dataset)
     _supervised_with_features()
     _declare_abc_heads()
+    _abc_rates_without_empty_classes()
+    for module in _topic_modules():
+        module.install()
     _INSTALLED = True
+
+
+def _topic_modules():
+    """This package's submodules (``usb_compat/<topic>.py``), each answering one group of quirks."""
+    import importlib
+    import pkgutil
+
+    return [importlib.import_module(f"{__name__}.{m.name}") for m in sorted(pkgutil.iter_modules(__path__),
+                                                                             key=lambda m: m.name)]

@@ -1,0 +1,200 @@
+"""CPE as a USB imbalanced algorithm: ``imb_algorithm: cpe`` on ``algorithm: fixmatch``.
+
+Paper: Ma et al., "Three Heads Are Better Than One: Complementary Experts for Long-Tailed Semi-supervised Learning"
+(CPE), AAAI 2024 (authors' code: machengcheng2016/CPE-LTSSL, a USB fork). Implemented here:
+
+- Three experts, linear heads on the shared feature: ``long_tailed`` (the backbone's classifier), ``uniform`` and
+  ``inverse``. Expert e is trained on the labeled batch with the logit-adjusted loss (Menon et al. 2021)
+  CE(z_e + tau_e * log pi, y), pi the class prior of the labeled split and tau_e = 0, 2, 4 by default
+  (``cpe_tau_long_tailed``, ``cpe_tau_uniform``, ``cpe_tau_inverse``): the three fit the long-tailed, a uniform
+  and an inverse long-tailed class distribution.
+- Each expert pseudo-labels from its own, unadjusted weak-view logits: argmax softmax, kept when the confidence is
+  >= ``p_cutoff`` (FixMatch's, 0.95), and learns them with CE on its strong-view logits.
+- Class-wise BatchNorm (``cpe_classwise_bn``, on by default; net ``resnet18_fer``): the layer4 feature map goes
+  through three parallel BatchNorm2d branches -- head, medium, tail -- before pooling
+  (:func:`remop_usb.nets.resnet_fer.add_classwise_bn`); every expert's logit is the mean of its three branch
+  logits. In the unlabeled loss the head branch learns every confident pseudo-label, the medium branch only those of
+  classes whose frequency rank (0 = most frequent labeled class) is >= ``cpe_cut1`` and the tail branch only those
+  with rank >= ``cpe_cut2`` (:func:`branch_masks`). The classes are ranked by their labeled counts, since FER class
+  indices are not in frequency order (CIFAR's, for which the authors wrote cut1/cut2 = 2/4, are).
+- Loss: sum over experts of L_s^e + ulb_loss_ratio * L_u^e, where L_u^e is the sum of the masked per-branch CE
+  divided by the number of (sample, branch) pairs selected -- the authors' normalisation, not FixMatch's mean over
+  the batch; with no pair selected it is 0 (the authors add 1e-12 to the denominator).
+- Test time: the ``uniform`` expert (``cpe_test_expert``); results.json reports it as the primary head and the two
+  others beside it.
+
+The authors' per-class precision/recall bookkeeping of pseudo-labels (logging only) is not reproduced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from semilearn.algorithms.utils import SSL_Argument, str2bool
+from semilearn.core import ImbAlgorithmBase
+from semilearn.core.utils import IMB_ALGORITHMS
+
+from ..errors import UserError
+from ..nets.resnet_fer import add_classwise_bn
+from ..nets.wrapper import BackboneWrapper
+from .imb_common import labeled_class_counts, require_base_algorithm
+
+#: the experts, in the order of their heads; the first is the backbone's own classifier
+EXPERTS = ("long_tailed", "uniform", "inverse")
+#: model-output key of each expert's logits (mean over the BN branches)
+EXPERT_KEYS = {"long_tailed": "logits", "uniform": "logits_uniform", "inverse": "logits_inverse"}
+
+
+def log_prior(class_counts: torch.Tensor) -> torch.Tensor:
+    """log pi_k with pi the normalised labeled class counts; every class needs a labeled sample."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float32)
+    if (counts <= 0).any():
+        missing = (counts <= 0).nonzero().flatten().tolist()
+        raise UserError(f"cpe: logit adjustment needs a labeled sample of every class; classes {missing} have none")
+    return torch.log(counts / counts.sum())
+
+
+def logit_adjustment(log_pi: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau * log pi, added to an expert's labeled logits (exactly zero for tau = 0)."""
+    return torch.zeros_like(log_pi) if tau == 0 else tau * log_pi
+
+
+def frequency_ranks(class_counts) -> torch.Tensor:
+    """rank[c] = position of class c when the classes are sorted by decreasing count (ties: lower index first)."""
+    counts = np.asarray(torch.as_tensor(class_counts).cpu(), dtype=np.float64)
+    order = np.argsort(-counts, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(order.size)
+    return torch.as_tensor(ranks, dtype=torch.long)
+
+
+def branch_masks(pseudo_label: torch.Tensor, confident: torch.Tensor, ranks: torch.Tensor, cuts) -> torch.Tensor:
+    """N x B float mask: sample i trains branch b when it is confident and rank[pseudo_i] >= cuts[b]."""
+    rank = ranks.to(pseudo_label.device)[pseudo_label]
+    return torch.stack([(rank >= cut) & confident for cut in cuts], dim=1).float()
+
+
+def branch_consistency_loss(branch_logits_s: torch.Tensor, pseudo_label: torch.Tensor,
+                            masks: torch.Tensor) -> torch.Tensor:
+    """Sum over selected (sample, branch) pairs of CE(strong-view branch logits, pseudo-label), divided by their
+    number (0 when none). ``branch_logits_s``: N x B x K, ``masks``: N x B."""
+    n, b, k = branch_logits_s.shape
+    ce = F.cross_entropy(branch_logits_s.reshape(n * b, k).float(), pseudo_label.repeat_interleave(b),
+                         reduction="none").view(n, b)
+    return (ce * masks).sum() / masks.sum().clamp(min=1.0)
+
+
+class ExpertsNet(BackboneWrapper):
+    """A backbone plus the ``uniform`` and ``inverse`` expert heads (the backbone's classifier is ``long_tailed``).
+
+    Adds ``'branch_logits'`` (N x experts x BN branches x K; one branch without class-wise BN) and each expert's
+    logits under :data:`EXPERT_KEYS`, the mean over its branches.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__(backbone)
+        self.expert_heads = nn.ModuleDict({name: nn.Linear(self.num_features, num_classes) for name in EXPERTS[1:]})
+
+    def head(self, name, feat):
+        return self.backbone(feat, only_fc=True) if name == EXPERTS[0] else self.expert_heads[name](feat)
+
+    def forward(self, x, **kwargs):
+        out = self.backbone(x, **kwargs)
+        if not isinstance(out, dict):  # only_feat / only_fc calls pass straight through
+            return out
+        branch_feat = out.get("branch_feat", out["feat"].unsqueeze(1))
+        out["branch_logits"] = torch.stack([self.head(name, branch_feat) for name in EXPERTS], dim=1)
+        for e, name in enumerate(EXPERTS[1:], start=1):
+            out[EXPERT_KEYS[name]] = out["branch_logits"][:, e].mean(dim=1)
+        return out
+
+
+@IMB_ALGORITHMS.register("cpe")
+class CPE(ImbAlgorithmBase):
+    """Complementary experts with class-wise BN (CPE) in FixMatch's setting; see the module docstring."""
+
+    CHOICES = {"cpe_test_expert": EXPERTS}
+
+    def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
+        require_base_algorithm(args, "cpe", ("fixmatch",))
+        self.imb_init(args)
+        super().__init__(args, net_builder, tb_log, logger, **kwargs)
+        counts = labeled_class_counts(self.dataset_dict["train_lb"].targets, self.num_classes)
+        self.log_pi = log_prior(counts)
+        self.ranks = frequency_ranks(counts)
+        self.cuts = (0, self.cut1, self.cut2) if self.classwise_bn else (0,)
+        self.model, self.ema_model = self._convert(self.model), self._convert(self.ema_model)
+        self.ema_model.load_state_dict(self.model.state_dict())
+        self.optimizer, self.scheduler = self.set_optimizer()
+        self.prediction_heads = tuple((name, EXPERT_KEYS[name]) for name in self._head_order())
+
+    def imb_init(self, args):
+        if not args.hard_label:
+            raise UserError("cpe uses hard pseudo-labels; set hard_label: True")
+        if not 0 < args.cpe_cut1 <= args.cpe_cut2 < args.num_classes:
+            raise UserError(f"cpe_cut1 ({args.cpe_cut1}) and cpe_cut2 ({args.cpe_cut2}) must satisfy "
+                            f"0 < cut1 <= cut2 < num_classes ({args.num_classes})")
+        self.taus = (float(args.cpe_tau_long_tailed), float(args.cpe_tau_uniform), float(args.cpe_tau_inverse))
+        self.classwise_bn = bool(args.cpe_classwise_bn)
+        self.cut1, self.cut2 = int(args.cpe_cut1), int(args.cpe_cut2)
+        self.test_expert = args.cpe_test_expert
+
+    def _convert(self, net):
+        return ExpertsNet(add_classwise_bn(net) if self.classwise_bn else net, self.num_classes)
+
+    def _head_order(self):
+        return (self.test_expert,) + tuple(name for name in EXPERTS if name != self.test_expert)
+
+    def forward_views(self, x_lb, x_ulb_w, x_ulb_s):
+        """Model outputs for the labeled, weak and strong batches: one concatenated pass (use_cat) or three."""
+        if self.use_cat:
+            out = self.model(torch.cat((x_lb, x_ulb_w, x_ulb_s)))
+            n_lb, n_ulb = x_lb.shape[0], x_ulb_w.shape[0]
+            bounds = ((0, n_lb), (n_lb, n_lb + n_ulb), (n_lb + n_ulb, n_lb + 2 * n_ulb))
+            return [{k: out[k][a:b] for k in ("branch_logits", "feat")} for a, b in bounds]
+        out_lb, out_s = self.model(x_lb), self.model(x_ulb_s)
+        with torch.no_grad():
+            out_w = self.model(x_ulb_w)
+        return out_lb, out_w, out_s
+
+    def expert_losses(self, e, lb_branch, y_lb, w_branch, s_branch):
+        """(supervised loss, unlabeled loss, N x B branch mask) of expert ``e``; inputs are N x B x K."""
+        lb_logits = lb_branch.mean(dim=1)
+        sup = F.cross_entropy(lb_logits + logit_adjustment(self.log_pi, self.taus[e]).to(lb_logits), y_lb)
+        probs = self.compute_prob(w_branch.mean(dim=1).detach())
+        conf, pseudo = probs.max(dim=-1)
+        masks = branch_masks(pseudo, conf >= self.p_cutoff, self.ranks, self.cuts)
+        return sup, branch_consistency_loss(s_branch, pseudo, masks), masks
+
+    def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
+        with self.amp_cm():
+            out_lb, out_w, out_s = self.forward_views(x_lb, x_ulb_w, x_ulb_s)
+            total, log = 0.0, {}
+            for e, name in enumerate(EXPERTS):
+                sup, unsup, masks = self.expert_losses(e, out_lb["branch_logits"][:, e], y_lb,
+                                                       out_w["branch_logits"][:, e], out_s["branch_logits"][:, e])
+                total = total + sup + self.lambda_u * unsup
+                log[name] = (sup.item(), unsup.item(), masks[:, 0].mean().item())
+        feat = {"x_lb": out_lb["feat"], "x_ulb_w": out_w["feat"], "x_ulb_s": out_s["feat"]}
+        out_dict = self.process_out_dict(loss=total, feat=feat)
+        sup, unsup, mask = log[self.test_expert]
+        log_dict = self.process_log_dict(sup_loss=sup, unsup_loss=unsup, total_loss=total.item(), util_ratio=mask)
+        for name, (sup, unsup, mask) in log.items():
+            log_dict[f"train/cpe_{name}_sup_loss"] = sup
+            log_dict[f"train/cpe_{name}_unsup_loss"] = unsup
+            log_dict[f"train/cpe_{name}_mask"] = mask
+        return out_dict, log_dict
+
+    @staticmethod
+    def get_argument():
+        return [
+            SSL_Argument("--cpe_tau_long_tailed", float, 0.0, "logit-adjustment strength of the long-tailed expert"),
+            SSL_Argument("--cpe_tau_uniform", float, 2.0, "logit-adjustment strength of the uniform expert"),
+            SSL_Argument("--cpe_tau_inverse", float, 4.0, "logit-adjustment strength of the inverse expert"),
+            SSL_Argument("--cpe_classwise_bn", str2bool, True, "three class-wise BN branches (net resnet18_fer)"),
+            SSL_Argument("--cpe_cut1", int, 2, "frequency rank from which pseudo-labels train the medium BN branch"),
+            SSL_Argument("--cpe_cut2", int, 4, "frequency rank from which pseudo-labels train the tail BN branch"),
+            SSL_Argument("--cpe_test_expert", str, "uniform", f"expert used at test time: {' | '.join(EXPERTS)}"),
+        ]

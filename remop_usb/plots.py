@@ -1,0 +1,297 @@
+"""PNG figures (matplotlib, Agg backend), each written atomically (temporary sibling, then rename).
+
+At the end of a run (``plots: True``, default), in its save dir:
+
+- ``confusion_<best|last>.png``: the primary head's confusion matrix, row-normalised (sklearn's
+  ConfusionMatrixDisplay; counts are in results.json);
+- ``per_class_<best|last>.png``: per-class test accuracy of every head;
+- ``pseudo_labels.png``: macro F1 of the linear / feature / mixture pseudo-labels and the mask rate over training
+  (from diagnostics.jsonl; the paper's Fig. 1b);
+- ``tsne.png``: 2-D t-SNE (sklearn) of the test features of the last checkpoint, by true class (Fig. 5), on at most
+  ``plot_tsne_max`` images;
+- ReMoP: ``beta_sweep.png`` / ``beta_sweep.json``: overall and mean class test accuracy of the mixture
+  beta * p_l + (1 - beta) * p_s of the last checkpoint for beta = 0, 0.1, ..., 1 (beta = 1 is the linear
+  classifier alone, 0 the feature classifier alone). This re-weights the trained model's two predictions at test
+  time only; the paper's Fig. 4 retrains with each beta (``config/grids/fig4_beta.yaml`` does that).
+
+On a finished run, ``python -m remop_usb.plots RUN_DIR [--checkpoint last|best]`` rebuilds the model from the
+run's ``config.json`` and draws them all again (``--checkpoint best``: t-SNE and beta sweep of the best checkpoint).
+
+Beside a leaderboard (:mod:`remop_usb.leaderboard`): ``leaderboard_per_class_<setting>.png``, per-class accuracy
+of every method, mean over seeds; ``beta.png`` when its rows differ only in ``remop_beta``: accuracy against the
+trained beta (the paper's Fig. 4).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .fileio import atomic_output, write_json_atomic
+
+BETAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path):
+    """Write ``fig`` as a PNG at ``path`` atomically and close it."""
+    plt = _pyplot()
+    try:
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+# -- single figures ---------------------------------------------------------------------------------------------
+
+def plot_confusion(matrix, class_names, title, path):
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    cm = np.asarray(matrix, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    normalised = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(class_names), 0.8 + 0.8 * len(class_names)))
+    ConfusionMatrixDisplay(normalised, display_labels=class_names).plot(ax=ax, values_format=".2f", cmap="Blues",
+                                                                        colorbar=False, xticks_rotation=45)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_grouped_bars(values_by_group, class_names, title, ylabel, path):
+    """One bar per (class, group); ``values_by_group``: {group: [value per class, None for missing]}."""
+    plt = _pyplot()
+    groups = list(values_by_group)
+    width = 0.8 / max(1, len(groups))
+    x = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(class_names), 3.6))
+    for i, g in enumerate(groups):
+        vals = [np.nan if v is None else v for v in values_by_group[g]]
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, vals, width, label=g)
+    ax.set_xticks(x, class_names, rotation=30)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_pseudo_labels(records, path):
+    """Macro F1 (all pseudo-labels) and mask rate per prediction over iterations, from diagnostics records."""
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    its = [r["it"] for r in records]
+    for head in records[-1]["pseudo_labels"]:
+        a.plot(its, [r["pseudo_labels"][head]["macro_f1"] for r in records], marker="o", label=head)
+        if "mask_rate_all" in records[-1]["pseudo_labels"][head]:
+            b.plot(its, [r["pseudo_labels"][head]["mask_rate_all"] for r in records], marker="o", label=head)
+    a.set(title="pseudo-label macro F1 (unlabeled set)", xlabel="iteration", ylabel="macro F1")
+    b.set(title="mask rate (confidence >= threshold)", xlabel="iteration", ylabel="fraction")
+    a.legend(fontsize="small")
+    if b.lines:
+        b.legend(fontsize="small")
+    return save_figure(fig, path)
+
+
+def tsne_embedding(feat, seed=0):
+    """2-D t-SNE (sklearn) of N x d features; perplexity 30, or (N - 1) / 3 for small N."""
+    from sklearn.manifold import TSNE
+
+    feat = np.asarray(feat, dtype=np.float32)
+    perplexity = float(min(30.0, max(2.0, (len(feat) - 1) / 3)))
+    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(feat)
+
+
+def plot_tsne(feat, y, class_names, title, path, seed=0):
+    plt = _pyplot()
+    emb = tsne_embedding(feat, seed)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c, name in enumerate(class_names):
+        sel = y == c
+        if sel.any():
+            ax.scatter(emb[sel, 0], emb[sel, 1], s=6, label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize="small", markerscale=2)
+    return save_figure(fig, path)
+
+
+def plot_beta_sweep(rows, beta_trained, path):
+    plt = _pyplot()
+    betas = [r["beta"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), layout="constrained")
+    for ax, key, label in zip(axes, ("overall_acc", "mean_class_acc"), ("overall accuracy", "mean class accuracy")):
+        ax.plot(betas, [r[key] for r in rows], marker="o")
+        ax.axvline(beta_trained, color="grey", linestyle=":", label=f"trained with beta={beta_trained}")
+        ax.set(xlabel="beta (weight of the linear prediction)", ylabel=f"{label} (%)")
+        ax.legend(fontsize="small")
+    fig.suptitle("test accuracy of the mixture vs beta (test-time re-weighting)")
+    return save_figure(fig, path)
+
+
+def plot_beta_curves(curves, title, path):
+    """Fig. 4: overall and mean class accuracy against the trained beta, mean ± std over seeds, one line per
+    setting; ``curves``: {setting: [{beta, overall: (mean, std), mean_class: (mean, std)}]} (std None: one seed)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
+    for ax, key, label in zip(axes, ("overall", "mean_class"), ("overall accuracy", "mean class accuracy")):
+        for setting, points in curves.items():
+            means = [p[key][0] for p in points]
+            stds = [p[key][1] or 0.0 for p in points]
+            ax.errorbar([p["beta"] for p in points], means, yerr=stds, marker="o", capsize=3, label=setting)
+        ax.set(xlabel="beta (trained)", ylabel=f"{label} (%)")
+        ax.legend(fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    return save_figure(fig, path)
+
+
+# -- the beta sweep ---------------------------------------------------------------------------------------------
+
+def beta_sweep(logits, feat_pred, y_true, class_names, mix="prob", betas=BETAS):
+    """Overall / mean class accuracy of ReMoP's mixture (Eq. 6, ``mix`` as the model's) for each beta."""
+    import torch
+
+    from .algorithms.feature_classifier import mix_predictions
+    from .evaluation import classification_report
+
+    rows = []
+    for beta in betas:
+        mixture = mix_predictions(torch.from_numpy(logits), torch.from_numpy(feat_pred), beta, mix)
+        report = classification_report(y_true, mixture.argmax(dim=1).numpy(), class_names)
+        rows.append({"beta": float(beta), "overall_acc": report["overall_acc"],
+                     "mean_class_acc": report["mean_class_acc"]})
+    return rows
+
+
+# -- a finished run ---------------------------------------------------------------------------------------------
+
+def _subsample(n, limit, seed):
+    if not limit or n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def results_plots(summary, save_path):
+    """Figures drawn from results.json alone."""
+    names, primary, out = summary["class_names"], summary["primary_head"], {}
+    for which in ("best", "last"):
+        entry = summary.get(which)
+        if not entry:
+            continue
+        report = entry["heads"][primary]
+        out[f"confusion_{which}"] = plot_confusion(
+            report["confusion_matrix"], names, f"{which}@{entry['it']} {primary}: "
+            f"{report['overall_acc']:.2f}/{report['mean_class_acc']:.2f}",
+            os.path.join(save_path, f"confusion_{which}.png"))
+        per_class = {h: [r["per_class_acc"][n] for n in names] for h, r in entry["heads"].items()}
+        out[f"per_class_{which}"] = plot_grouped_bars(per_class, names, f"per-class test accuracy, {which} checkpoint",
+                                                      "accuracy (%)", os.path.join(save_path, f"per_class_{which}.png"))
+    return out
+
+
+def model_plots(algorithm, save_path, names, checkpoint="latest_model.pth"):
+    """t-SNE of the test features and, for ReMoP, the beta sweep, with ``checkpoint`` loaded."""
+    from .evaluation import predict
+    from .usb_compat import unwrap
+
+    algorithm.load_model(os.path.join(save_path, checkpoint))
+    net = unwrap(algorithm.ema_model)
+    remop = hasattr(net, "centers")
+    y, outputs = predict(algorithm, "eval", ["logits", "feat"] + (["feat_pred"] if remop else []))
+    out = {}
+    keep = _subsample(len(y), algorithm.args.plot_tsne_max, algorithm.args.seed)
+    if len(keep) >= 5:
+        out["tsne"] = plot_tsne(outputs["feat"][keep], y[keep], names, f"t-SNE of {len(keep)} test features "
+                                f"({checkpoint})", os.path.join(save_path, "tsne.png"), algorithm.args.seed)
+    if remop:
+        rows = beta_sweep(outputs["logits"], outputs["feat_pred"], y, names, net.mix)
+        write_json_atomic(os.path.join(save_path, "beta_sweep.json"),
+                          {"checkpoint": checkpoint, "mix": net.mix, "trained_beta": net.beta, "rows": rows}, indent=2)
+        out["beta_sweep"] = plot_beta_sweep(rows, net.beta, os.path.join(save_path, "beta_sweep.png"))
+    return out
+
+
+def write_run_plots(algorithm, save_path, summary, checkpoint="latest_model.pth"):
+    """Every end-of-run figure; returns {name: path}."""
+    from .diagnostics import DIAG_FILE, read_records
+
+    out = results_plots(summary, save_path)
+    records = read_records(os.path.join(save_path, DIAG_FILE))
+    if records:
+        out["pseudo_labels"] = plot_pseudo_labels(records, os.path.join(save_path, "pseudo_labels.png"))
+    out.update(model_plots(algorithm, save_path, summary["class_names"], checkpoint))
+    return out
+
+
+
+
+# -- remop-usb plots RUN_DIR ------------------------------------------------------------------------------------
+
+def rebuild(run_dir):
+    """The algorithm of a finished run, rebuilt on this machine from its config.json (one process, no training)."""
+    import argparse
+
+    from . import registry, runconfig
+    from .errors import UserError
+    from .launch import build_algorithm, resolve_device
+
+    config = runconfig.read_config(run_dir)
+    if config is None:
+        raise UserError(f"plots: {run_dir} has no {runconfig.CONFIG_FILE} (a run directory written by train.py)")
+    args = argparse.Namespace(**config)
+    run_dir = os.path.abspath(run_dir)
+    args.save_dir, args.save_name = os.path.dirname(run_dir), os.path.basename(run_dir)
+    args.resume, args.load_path, args.use_wandb, args.use_tensorboard = False, None, False, False
+    args.multiprocessing_distributed, args.world_size, args.rank = False, 1, 0
+    registry.load(args.plugins or [])
+    resolve_device(args)
+    return build_algorithm(args)
+
+
+def main(argv=None):
+    """``remop-usb plots RUN_DIR [--checkpoint last|best]``: (re)draw a finished run's figures, beta sweep included."""
+    import argparse
+    import json
+
+    from .errors import UserError
+
+    p = argparse.ArgumentParser(prog="remop-usb plots", description="Draw a finished run's figures again: "
+                                "confusion matrices, per-class accuracy, pseudo-label quality, t-SNE and (ReMoP) the "
+                                "beta sweep, with the chosen checkpoint.")
+    p.add_argument("run_dir", help="a run's save dir (holds config.json, results.json, latest_model.pth)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="weights for t-SNE and the beta sweep (best: selected on the test split)")
+    a = p.parse_args(argv)
+    checkpoint = {"last": "latest_model.pth", "best": "model_best.pth"}[a.checkpoint]
+    for needed in ("results.json", checkpoint):
+        if not os.path.exists(os.path.join(a.run_dir, needed)):
+            raise UserError(f"plots: {os.path.join(a.run_dir, needed)} not found (is the run finished?)")
+    with open(os.path.join(a.run_dir, "results.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    out = write_run_plots(rebuild(a.run_dir), a.run_dir, summary, checkpoint)
+    print("wrote " + ", ".join(sorted(out.values())))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,92 @@
+"""USB's EMA model at the cost of one pass over the weights a step.
+
+==============================================  ===================================================================
+quirk in 0.3.2                                  what we do
+==============================================  ===================================================================
+``EMA.update`` allocates and clones a new       :class:`FastEMA`: the shadow tensors *are* the EMA model's
+shadow tensor per parameter every step, and     parameters, updated in place by one ``torch._foreach_lerp_``
+``EMAHook.after_train_step`` then loads the     (s + (1 - d) (p - s), USB's (1 - d) p + d s up to rounding: at
+whole state dict into the EMA model and the     most an ulp a step; ``ema_m: 0`` copies the weights exactly); the
+shadow again (two ``load_state_dict`` a step,   hook then copies the model's buffers (BN statistics) into the EMA
+~2800 Python calls for ResNet-18)               model's, as USB's state-dict load does
+``load_state_dict(shadow, strict=False)``       the tensors are paired by name once; a parameter the EMA model
+skips a name the EMA model lacks silently       lacks is an error
+a checkpoint loaded into the EMA model (USB's   the shadow is the EMA model, so what is evaluated and saved, and
+end-of-run reload of model_best) leaves the     what the next update starts from, are always the same weights
+shadow as it was
+==============================================  ===================================================================
+
+``algorithm.ema`` keeps USB's interface (``shadow``, ``update``, ``apply_shadow``, ``restore``, ``load``);
+tests/test_speed.py checks the EMA model against USB's hook over several steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from semilearn.core.utils import EMA
+
+
+def _buffers(module) -> dict:
+    """The buffers ``state_dict`` holds (what USB's ``load_state_dict`` copies), by name."""
+    params = {n for n, _ in module.named_parameters()}
+    return {n: t for n, t in module.state_dict(keep_vars=True).items() if n not in params}
+
+
+class FastEMA(EMA):
+    """USB's :class:`EMA` whose shadow is the EMA model itself, updated in place."""
+
+    def bind(self, ema_model, copy_weights: bool):
+        """Make ``ema_model``'s parameters the shadow; ``copy_weights``: start them from the model's (USB's
+        ``register``), else keep them (USB's ``load``, on resume)."""
+        ema_params, ema_buffers = dict(ema_model.named_parameters()), _buffers(ema_model)
+        params, buffers = dict(self.model.named_parameters()), _buffers(self.model)
+        missing = [n for n in params if n not in ema_params] + [n for n in buffers if n not in ema_buffers]
+        if missing:
+            raise RuntimeError(f"EMA: the EMA model has no {missing[0]!r} of the training model "
+                               f"({len(missing)} missing); the two networks must have the same structure")
+        self.shadow = {n: ema_params[n].data for n in params}
+        self._params, self._shadow = list(params.values()), list(self.shadow.values())
+        self._buffers = ([ema_buffers[n] for n in buffers], list(buffers.values()))
+        if copy_weights:
+            with torch.no_grad():
+                torch._foreach_copy_(self._shadow, [p.detach() for p in self._params])
+
+    def register(self):
+        raise RuntimeError("FastEMA's shadow is the EMA model: use bind(ema_model, copy_weights=True)")
+
+    def load(self, ema_model):
+        self.bind(ema_model, copy_weights=False)
+
+    def update(self):
+        with torch.no_grad():
+            torch._foreach_lerp_(self._shadow, [p.detach() for p in self._params], 1.0 - self.decay)
+
+    def copy_buffers(self):
+        """The model's buffers (BatchNorm statistics) into the EMA model, as USB's state-dict load does."""
+        if self._buffers[0]:
+            with torch.no_grad():
+                torch._foreach_copy_(*self._buffers)
+
+
+def before_run(self, algorithm):
+    """USB's ``EMAHook.before_run`` with :class:`FastEMA` bound to the EMA model."""
+    algorithm.ema = FastEMA(algorithm.model, algorithm.ema_m)
+    algorithm.ema.bind(algorithm.ema_model, copy_weights=not algorithm.resume)
+
+
+def after_train_step(self, algorithm):
+    if algorithm.ema is not None:
+        algorithm.ema.update()
+        algorithm.ema.copy_buffers()
+
+
+#: USB's own ``EMAHook`` methods, kept for comparison (tests)
+USB_METHODS = {}
+
+
+def install():
+    from semilearn.core.hooks import EMAHook
+
+    for name, ours in (("before_run", before_run), ("after_train_step", after_train_step)):
+        USB_METHODS.setdefault(name, getattr(EMAHook, name))
+        setattr(EMAHook, name, ours)

@@ -1,0 +1,70 @@
+"""The paper's config files are generated from one table and agree with the paper's Sec. 5.2 and Tables 3-5."""
+
+import os
+
+import pytest
+
+from remop_usb import paper_configs as pc
+from remop_usb.config import parse_args
+
+REPO = pc.REPO
+
+
+def test_committed_configs_are_what_the_tables_generate():
+    assert pc.stale() == []
+
+
+def test_check_reports_an_edited_file(tmp_path):
+    for rel, text in pc.all_configs().items():
+        os.makedirs(tmp_path / os.path.dirname(rel), exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert pc.stale(str(tmp_path)) == []
+    edited = tmp_path / "config" / "paper" / "table3" / "cpe_rafdb_500_50.yaml"
+    edited.write_text(edited.read_text().replace("lr: 0.0001", "lr: 0.001"))
+    (tmp_path / "config" / "paper" / "table3" / "old_method_rafdb_500_50.yaml").write_text("x: 1\n")
+    assert pc.stale(str(tmp_path)) == ["config/paper/table3/cpe_rafdb_500_50.yaml",
+                                       "config/paper/table3/old_method_rafdb_500_50.yaml (not generated: remove it)"]
+
+
+def test_every_cell_of_tables_3_to_5_has_a_config_per_method():
+    files = pc.all_configs()
+    cells = {"table3": ["rafdb_2000_50", "rafdb_2000_150", "rafdb_500_50", "rafdb_500_150"],
+             "table4": ["rafdb-ckplus_2000_150", "rafdb-ckplus_500_150", "ferplus_4000_150", "ferplus_1000_150"],
+             "table5": ["rafdb+affectnet", "ferplus+affectnet"]}
+    methods = ["supervised", "fixmatch", "abc", "adsh", "inpl", "cpe", "adacm", "remop_supervised",
+               "remop_fixmatch", "remop_adacm"]
+    expected = {f"config/paper/{t}/{m}_{s}.yaml" for t, settings in cells.items() for s in settings for m in methods}
+    assert {p for p in files if p.startswith("config/paper/")} == expected
+    assert {f"config/demo/{m}.yaml" for m in methods} <= set(files)
+
+
+def _parsed(rel, *extra):
+    return parse_args(["--c", os.path.join(REPO, rel), *extra])
+
+
+@pytest.mark.parametrize("rel", sorted(p for p in pc.all_configs() if "/table" in p or "/demo/" in p))
+def test_every_generated_config_is_valid(rel):
+    args = _parsed(rel)
+    assert args.seed == 0 and args.optim == "Adam" and args.lr_schedule == "constant"
+
+
+def test_cells_carry_the_papers_hyper_parameters():
+    ferplus = _parsed("config/paper/table4/remop_fixmatch_ferplus_1000_150.yaml")
+    assert (ferplus.dataset, ferplus.num_classes, ferplus.num_labels, ferplus.lb_imb_ratio) == ("ferplus", 8, 1000, 150)
+    assert (ferplus.batch_size, ferplus.epoch, ferplus.num_train_iter, ferplus.lr) == (32, 80, 80000, 1e-4)
+    assert (ferplus.remop_beta, ferplus.remop_lambda_center, ferplus.remop_lambda_reg) == (0.5, 1e-4, 0.1)
+    ck = _parsed("config/paper/table4/adsh_rafdb-ckplus_500_150.yaml")
+    assert (ck.dataset, ck.test_dataset, ck.imb_algorithm, ck.batch_size, ck.num_train_iter) == \
+        ("rafdb", "ckplus", "adsh", 16, 100000)
+    pooled = _parsed("config/paper/table5/fixmatch_rafdb+affectnet.yaml")
+    assert (pooled.num_labels, pooled.lb_imb_ratio, pooled.ulb_dataset, pooled.uratio) == (-1, 1, "affectnet", 5)
+    vanilla = _parsed("config/paper/table3/supervised_rafdb_2000_50.yaml")
+    assert (vanilla.algorithm, vanilla.imb_algorithm, vanilla.p_cutoff if hasattr(vanilla, "p_cutoff") else None) == \
+        ("supervised", None, None)
+
+
+def test_readme_examples_equal_their_table_3_cell():
+    example = _parsed("config/remop_fixmatch_rafdb.yaml")
+    cell = _parsed("config/paper/table3/remop_fixmatch_rafdb_500_150.yaml")
+    differ = {k for k in vars(cell) if getattr(cell, k) != getattr(example, k)}
+    assert differ == {"save_dir", "c"}

@@ -1,0 +1,327 @@
+"""remop-usb sweep: grid validation, the run plan, skipping finished runs, resuming, refusing stale runs."""
+
+import json
+import os
+
+import pytest
+
+from remop_usb.cli import main
+from remop_usb.errors import UserError
+from remop_usb.sweep import inspect, load_grid, plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, "config", "demo")
+
+
+def write_grid(tmp_path, text):
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+GRID = f"""
+name: t
+config: {DEMO}/{{method}}.yaml
+overrides: {{num_workers: 0}}
+methods:
+  fixmatch: {{label: FixMatch}}
+  remop_fixmatch: {{overrides: {{remop_beta: 0.3}}}}
+settings:
+  rafdb-N20-g10: {{num_labels: 20, lb_imb_ratio: 10}}
+  rafdb-N30-g5: {{num_labels: 30, lb_imb_ratio: 5}}
+seeds: [0, 1]
+"""
+
+
+def test_plan_every_method_setting_and_seed(tmp_path):
+    grid = load_grid(write_grid(tmp_path, GRID))
+    runs = plan(grid, "grid.yaml", str(tmp_path / "out"))
+    assert [r.name for r in runs][:3] == ["rafdb-N20-g10/fixmatch/seed0", "rafdb-N20-g10/fixmatch/seed1",
+                                          "rafdb-N20-g10/remop_fixmatch/seed0"]
+    assert len(runs) == 8 and [r.index for r in runs] == list(range(1, 9))
+    remop = runs[6]
+    assert remop.name == "rafdb-N30-g5/remop_fixmatch/seed0"
+    assert remop.config == os.path.join(DEMO, "remop_fixmatch.yaml")
+    assert remop.run_dir == str(tmp_path / "out" / "rafdb-N30-g5" / "remop_fixmatch" / "seed0")
+    argv = remop.argv()
+    flags = dict(zip(argv[::2], argv[1::2]))
+    assert flags["--c"] == remop.config
+    assert (flags["--remop_beta"], flags["--num_labels"], flags["--lb_imb_ratio"], flags["--num_workers"]) == \
+        ("0.3", "30", "5", "0")
+    assert (flags["--save_dir"], flags["--save_name"], flags["--seed"]) == \
+        (os.path.join(str(tmp_path / "out"), "rafdb-N30-g5", "remop_fixmatch"), "seed0", "0")
+    assert (flags["--wandb_group"], flags["--wandb_tags"]) == ("rafdb-N30-g5", "remop_fixmatch")
+
+
+def test_set_overrides_every_run_over_the_grid(tmp_path, capsys):
+    from remop_usb.sweep import parse_set
+
+    extra = parse_set(["use_wandb=True", "remop_beta=0.7", "num_workers=2", "plugins=[a.b, c]"])
+    assert extra == {"use_wandb": True, "remop_beta": 0.7, "num_workers": 2, "plugins": ["a.b", "c"]}
+    runs = plan(load_grid(write_grid(tmp_path, GRID)), "grid.yaml", str(tmp_path / "out"), {"remop_beta": 0.7,
+                                                                                           "num_workers": 2})
+    flags = dict(zip(runs[6].argv()[::2], runs[6].argv()[1::2]))  # the method's 0.3 and the grid's 0 are overridden
+    assert (flags["--remop_beta"], flags["--num_workers"], flags["--num_labels"]) == ("0.7", "2", "30")
+    for bad, message in (("use_wandb", "--set expects KEY=VALUE"), ("seed=3", "--set sets 'seed', which the sweep"),
+                         ("lr=[1, [2]]", "'lr' must be a value or a list of values")):
+        with pytest.raises(UserError, match=message):
+            parse_set([bad])
+    assert main(["sweep", "--grid", write_grid(tmp_path, GRID), "--out", str(tmp_path / "o"), "--dry_run",
+                 "--set", "use_wandb=True"]) == 0
+    assert capsys.readouterr().out.count("--use_wandb True") == 8
+
+
+@pytest.mark.parametrize("text,message", [
+    ("methods: {a: {}}\nsettings: {s: {}}\nseeds: [0]\nconfig: x.yaml\nseedz: 1\n",
+     "grid.yaml:5: unknown grid key 'seedz'"),
+    ("methods: {a: {}}\nsettings: {s: {seed: 3}}\nseeds: [0]\nconfig: x.yaml\n",
+     "setting 's' sets 'seed', which the sweep sets"),
+    ("methods: {a: {}}\nsettings: {s: {}}\nseeds: [0, 0]\nconfig: x.yaml\n", "seeds must be a list of distinct"),
+    ("methods: {a: {}}\nsettings: {s: {}}\nseeds: [0]\n", "method 'a' has no config"),
+    ("methods: {a: {}}\nsettings: {}\nseeds: [0]\nconfig: x.yaml\n", "needs a non-empty 'settings'"),
+    ("methods: {a: {lable: x}}\nsettings: {s: {}}\nseeds: [0]\nconfig: x.yaml\n", "unknown key 'lable'"),
+])
+def test_grid_errors_name_the_problem(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_grid(write_grid(tmp_path, text))
+
+
+def test_missing_config_files_are_listed(tmp_path, capsys):
+    path = write_grid(tmp_path, "config: cfg/{method}_{setting}.yaml\nmethods: {a: null, b: null}\n"
+                                "settings: {s: {}}\nseeds: [0]\n")
+    assert main(["sweep", "--grid", path, "--out", str(tmp_path / "o"), "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config files not found" in err[0]
+    assert str(tmp_path / "cfg" / "a_s.yaml") in err[0] and str(tmp_path / "cfg" / "b_s.yaml") in err[0]
+
+
+def test_an_unknown_training_key_stops_the_sweep_before_any_run(tmp_path, capsys):
+    path = write_grid(tmp_path, GRID.replace("{num_workers: 0}", "{num_wrokers: 0}"))
+    assert main(["sweep", "--grid", path, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run rafdb-N20-g10/fixmatch/seed0" in err[0] and "num_wrokers" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_inspect_done_resume_new_stale(tmp_path):
+    grid = load_grid(write_grid(tmp_path, GRID))
+    run = plan(grid, "grid.yaml", str(tmp_path / "out"))[0]
+    expected = {"algorithm": "fixmatch", "lr": 0.001, "save_dir": "a", "num_workers": 0}
+    assert inspect(run, expected) == ("new", "")
+    os.makedirs(run.run_dir)
+    with open(os.path.join(run.run_dir, "config.json"), "w") as f:
+        json.dump(dict(expected, save_dir="elsewhere", num_workers=4), f)  # keys that do not change the result
+    assert inspect(run, expected) == ("new", "")  # started, no checkpoint yet: train afresh
+    open(os.path.join(run.run_dir, "latest_model.pth"), "w").close()
+    assert inspect(run, expected) == ("resume", "")
+    open(os.path.join(run.run_dir, "results.json"), "w").close()
+    assert inspect(run, expected) == ("done", "")
+    assert inspect(run, dict(expected, lr=0.01)) == ("stale", "lr: 0.001 -> 0.01")
+
+
+def _lines(out):
+    return [line for line in out.splitlines() if line[:1] == "[" and line[1:2].isdigit()]
+
+
+def test_sweep_trains_skips_resumes_and_refuses_stale_runs(tiny_rafdb, tmp_path, capsys):
+    grid = f"""
+config: {DEMO}/{{method}}.yaml
+overrides: {{data_dir: {tiny_rafdb}, img_size: 32, num_train_iter: 2, epoch: 1, num_eval_iter: 1, batch_size: 4,
+             eval_batch_size: 64, num_workers: 0, device: cpu, diagnostics: False, plots: False}}
+methods:
+  fixmatch: {{label: FixMatch}}
+settings:
+  rafdb-N20-g10: {{num_labels: 20, lb_imb_ratio: 10}}
+seeds: [0, 1]
+"""
+    path, out = write_grid(tmp_path, grid), tmp_path / "out"
+    argv = ["sweep", "--grid", path, "--out", str(out)]
+    # two runs side by side, one per "GPU" slot (CPU here: CUDA_VISIBLE_DEVICES is set, device stays cpu)
+    assert main(argv + ["--gpus", "0,1"]) == 0
+    lines = _lines(capsys.readouterr().out)
+    done = [line for line in lines if " done " in line]
+    assert len(done) == 2 and all("best@" in line and "last@2" in line for line in done)
+    runs = [out / "rafdb-N20-g10" / "fixmatch" / f"seed{s}" for s in (0, 1)]
+    for seed, run in enumerate(runs):
+        res = json.loads((run / "results.json").read_text())
+        assert res["seed"] == seed and res["num_labels"] == 20 and res["last"]["it"] == 2
+    visible = sorted(open(str(r) + ".log").readline().split("CUDA_VISIBLE_DEVICES=")[1][0] for r in runs)
+    assert visible == ["0", "1"]
+    plan_file = json.loads((out / "sweep.json").read_text())
+    assert plan_file["methods"] == [{"name": "fixmatch", "label": "FixMatch"}] and plan_file["seeds"] == [0, 1]
+
+    # finished runs are skipped
+    assert main(argv) == 0
+    lines = _lines(capsys.readouterr().out)
+    assert len(lines) == 2 and all(" skipped " in line and "finished earlier" in line for line in lines)
+
+    # an interrupted run (checkpoint, no results) is resumed
+    os.remove(runs[1] / "results.json")
+    assert main(argv) == 0
+    lines = _lines(capsys.readouterr().out)
+    assert " skipped " in lines[0] and any("resuming" in line for line in lines) and " done " in lines[-1]
+    assert "--resume True" in open(str(runs[1]) + ".log").read()
+    assert (runs[1] / "results.json").exists()
+
+    # a changed grid meets runs of the old configuration: refused, named, nothing started
+    changed = write_grid(tmp_path, grid.replace("num_workers: 0", "num_workers: 0, lr: 0.002"))
+    assert main(["sweep", "--grid", changed, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 run folder(s)" in err[0] and "lr: 0.001 -> 0.002" in err[0]
+    assert main(["sweep", "--grid", changed, "--out", str(out), "--dry_run", "--rerun_stale"]) == 0
+    out_text = capsys.readouterr().out
+    assert out_text.count(": new (rerun: was made with lr: 0.001 -> 0.002)") == 2, out_text
+
+
+def test_bad_gpu_list(tmp_path, capsys):
+    assert main(["sweep", "--grid", write_grid(tmp_path, GRID), "--out", str(tmp_path), "--gpus", "0,x"]) == 2
+    assert "--gpus expects distinct GPU indices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(n[:-5] for n in os.listdir(os.path.join(REPO, "config", "grids"))))
+def test_every_grid_names_existing_config_files(name):
+    """The table grids name rows and columns of config/paper (remop_usb/paper_configs.py); a renamed method or
+    setting there fails here."""
+    path = os.path.join(REPO, "config", "grids", f"{name}.yaml")
+    grid = load_grid(path)
+    runs = plan(grid, path, "/nonexistent")
+    assert len(runs) == len(grid["methods"]) * len(grid["settings"]) * len(grid["seeds"])
+    assert all(os.path.isfile(r.config) for r in runs)
+
+
+# -- stopping and locking -----------------------------------------------------------------------------------------
+
+FAKE_TRAIN = """
+import os, signal, sys, time
+save_dir = sys.argv[sys.argv.index("--save_dir") + 1]
+name = sys.argv[sys.argv.index("--save_name") + 1]
+def stopped(signum, frame):
+    with open(os.path.join(save_dir, name + ".signal"), "w") as f:
+        f.write(signal.Signals(signum).name)
+    sys.exit(128 + signum)
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(s, stopped)
+with open(os.path.join(save_dir, name + ".pid"), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(60)
+"""
+
+SWEEP = """
+import sys
+import remop_usb.sweep as s
+s.TRAIN_PY = sys.argv[1]
+out = sys.argv[2]
+runs = [s.Run(i + 1, "set", "m", i, "unused.yaml", {}, out) for i in range(2)]
+with s.locked(out):
+    sys.exit(s.run_all(runs, ["0", "1"]))
+"""
+
+
+def _wait_for(paths, proc, seconds=60):
+    import time
+
+    deadline = time.time() + seconds
+    while not all(os.path.exists(p) for p in paths):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_stops_the_running_children_and_a_second_sweep_refuses_meanwhile(tmp_path, capsys, signum):
+    import signal
+    import subprocess
+    import sys
+
+    signum = getattr(signal, signum)
+    (tmp_path / "train.py").write_text(FAKE_TRAIN)
+    out = tmp_path / "out"
+    run_dir = out / "set" / "m"
+    sweep = subprocess.Popen([sys.executable, "-c", SWEEP, str(tmp_path / "train.py"), str(out)], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        _wait_for([run_dir / "seed0.pid", run_dir / "seed1.pid"], sweep)
+        children = [int((run_dir / f"seed{k}.pid").read_text()) for k in (0, 1)]
+        assert (out / "sweep.lock").read_text() == f"{sweep.pid}\n"
+
+        # a second sweep on the same folder refuses to start while this one runs
+        grid = write_grid(tmp_path, f"config: {DEMO}/{{method}}.yaml\nmethods: {{fixmatch: null}}\n"
+                                    f"settings: {{s: {{}}}}\nseeds: [0]\n")
+        assert main(["sweep", "--grid", grid, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: sweep: another sweep (pid {sweep.pid}) is running in {out} "
+                       f"(lock {out / 'sweep.lock'}); wait for it to finish or stop it"]
+
+        sweep.send_signal(signum)
+        stdout, stderr = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 128 + signum
+    name = signal.Signals(signum).name
+    assert stderr.splitlines() == [f"[remop-usb sweep] stopped by {name} (its train.py processes too); the same "
+                                   f"command resumes the unfinished runs"]
+    for k, pid in enumerate(children):
+        assert (run_dir / f"seed{k}.signal").read_text() == name  # the signal was forwarded to each child
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ... which was waited for
+    assert not (out / "sweep.lock").exists()
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("content", [lambda: f"{_dead_pid()}\n", lambda: "", lambda: "not a pid"])
+def test_a_stale_lock_is_taken_over_and_released(tmp_path, content):
+    from remop_usb.sweep import acquire_lock, release_lock
+
+    lock = tmp_path / "sweep.lock"
+    lock.write_text(content())  # left by a sweep that was killed: nobody holds it
+    held = acquire_lock(str(tmp_path))
+    assert held[1] == str(lock) and lock.read_text() == f"{os.getpid()}\n"
+    assert os.listdir(tmp_path) == ["sweep.lock"]
+    release_lock(held)
+    assert not lock.exists()
+
+
+def test_a_lock_held_by_a_live_process_is_refused_and_freed_when_it_dies(tmp_path):
+    import subprocess
+    import sys
+
+    from remop_usb.sweep import acquire_lock, release_lock
+
+    holder = ("import sys, time\nimport remop_usb.sweep as s\ns.acquire_lock(sys.argv[1])\nprint('held', flush=True)\n"
+              "time.sleep(60)\n")
+    other = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"another sweep \\(pid {other.pid}\\) is running in {tmp_path} "):
+            acquire_lock(str(tmp_path))
+        assert (tmp_path / "sweep.lock").read_text() == f"{other.pid}\n"
+    finally:
+        other.kill()
+        other.wait()
+    held = acquire_lock(str(tmp_path))  # killed: the system let go of its lock; its file is taken over
+    release_lock(held)
+
+
+def test_the_lock_removes_a_folder_made_only_for_it(tmp_path):
+    from remop_usb.sweep import locked
+
+    out = tmp_path / "new"
+    with pytest.raises(UserError):
+        with locked(str(out)):
+            assert (out / "sweep.lock").read_text() == f"{os.getpid()}\n"
+            raise UserError("bad key")
+    assert not out.exists()
+    (tmp_path / "kept").mkdir()
+    with locked(str(tmp_path / "kept")):
+        pass
+    assert os.listdir(tmp_path / "kept") == []
