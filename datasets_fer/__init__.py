@@ -8,38 +8,21 @@ labels, never pixels). :mod:`datasets_fer.usb` turns an index into USB's labeled
 from .labels import CANONICAL, class_names  # noqa: F401
 
 
-def _read_rafdb(data_dir, **options):
-    from .rafdb import read_rafdb
+def _lazy_reader(dataset: str):
+    """``datasets_fer.<dataset>.read_<dataset>``, imported on its first call (importing the package stays cheap)."""
 
-    return read_rafdb(data_dir, **options)
+    def read(data_dir, **options):
+        from importlib import import_module
 
+        return getattr(import_module(f"{__name__}.{dataset}"), f"read_{dataset}")(data_dir, **options)
 
-def _read_ckplus(data_dir, **options):
-    from .ckplus import read_ckplus
-
-    return read_ckplus(data_dir, **options)
-
-
-def _read_ferplus(data_dir, **options):
-    from .ferplus import read_ferplus
-
-    return read_ferplus(data_dir, **options)
-
-
-def _read_affectnet(data_dir, **options):
-    from .affectnet import read_affectnet
-
-    return read_affectnet(data_dir, **options)
+    read.__name__ = read.__qualname__ = f"_read_{dataset}"
+    return read
 
 
 #: dataset name -> reader ``f(data_dir, *, num_classes=None, cache_dir=None, ...)`` returning a
 #: :class:`~datasets_fer.index.FERIndex` (paths and canonical labels, never pixels)
-FER_DATASETS = {
-    "rafdb": _read_rafdb,
-    "ckplus": _read_ckplus,
-    "ferplus": _read_ferplus,
-    "affectnet": _read_affectnet,
-}
+FER_DATASETS = {name: _lazy_reader(name) for name in ("rafdb", "ckplus", "ferplus", "affectnet")}
 
 #: dataset name -> {config key: reader keyword}: the keys of one dataset's reader beyond ``num_classes`` and
 #: ``cache_dir``. Declared as arguments in :mod:`remop_usb.config`; :func:`datasets_fer.usb.reader_options` passes

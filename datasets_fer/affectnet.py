@@ -51,7 +51,7 @@ import numpy as np
 from datasets_fer.common import (check_data_dir, check_files_exist, file_signature, resolve_cache_dir,
                                  resolve_num_classes, save_npz_atomic)
 from datasets_fer.index import FERIndex
-from datasets_fer.labels import AFFECTNET_TO_CANONICAL, class_names as _class_names
+from datasets_fer.labels import AFFECTNET_TO_CANONICAL
 from remop_usb.errors import UserError, where
 
 __all__ = ["read_affectnet", "EXPRESSION_NAMES", "DROPPED_CODES", "EXPECTED_LAYOUT", "LIST_FILES", "IMAGE_DIRS",
@@ -346,5 +346,4 @@ def read_affectnet(data_dir, *, num_classes=None, cache_dir=None, check_images: 
         if check_images:
             check_files_exist(paths, sources[split], EXPECTED_LAYOUT)
         out[split + "_paths"], out[split + "_labels"] = paths, canonical[codes[keep]]
-    return FERIndex(num_classes=num_classes, class_names=_class_names(num_classes), data_dir=root,
-                    label_file=sources["train"], layout=layout, **out)
+    return FERIndex(num_classes=num_classes, data_dir=root, label_file=sources["train"], layout=layout, **out)

@@ -46,9 +46,12 @@ from remop_usb.errors import OneLineArgumentParser, UserError
 from remop_usb.fileio import atomic_output
 from remop_usb.fileio import write_json_atomic
 
+from . import folders
+
 __all__ = ["main", "align_folder", "find_images", "detect_faces", "face_crop", "fallback_crop", "REPORT_NAME"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: the readers' image extensions (:data:`datasets_fer.folders.IMAGE_EXTENSIONS`) and other formats PIL reads
+IMAGE_EXTENSIONS = folders.IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff")
 REPORT_NAME = "align_report.json"
 TMP_PREFIX = ".align-tmp-"
 MIN_FACE = 20  # MTCNN's min_face_size; smaller images have an empty detection pyramid

@@ -47,10 +47,10 @@ from typing import List, Tuple
 
 import numpy as np
 
-from datasets_fer.common import SHOW_MISSING as SHOW, check_data_dir, read_lines
+from datasets_fer.common import SHOW_MISSING as SHOW, check_data_dir, read_lines, seven_classes
 from datasets_fer.folders import subdirs
 from datasets_fer.index import FERIndex
-from datasets_fer.labels import CKPLUS_TO_CANONICAL, CANONICAL, class_names
+from datasets_fer.labels import CKPLUS_TO_CANONICAL
 from remop_usb.errors import UserError, where
 
 __all__ = ["read_ckplus", "IMAGE_DIR", "EMOTION_DIR", "CONTEMPT", "EXPECTED_LAYOUT", "NUM_IMAGES"]
@@ -155,9 +155,7 @@ def _check_trees(root: str) -> None:
 
 def read_ckplus(data_dir, *, num_classes=None, cache_dir=None, check_images: bool = True) -> FERIndex:
     """Index CK+ under ``data_dir`` with the 636-image protocol (see the module docstring); test split only."""
-    if num_classes is not None and num_classes != 7:
-        raise UserError(f"CK+ (636-image protocol, contempt excluded) has 7 classes ({', '.join(CANONICAL[:7])}), "
-                        f"not num_classes={num_classes}")
+    num_classes = seven_classes(num_classes, "CK+ (636-image protocol, contempt excluded)")
     root = check_data_dir(data_dir, "CK+", EXPECTED_LAYOUT)
     _check_trees(root)
     selected, missing = _select(root)
@@ -170,5 +168,5 @@ def read_ckplus(data_dir, *, num_classes=None, cache_dir=None, check_images: boo
     selected.sort()
     return FERIndex(train_paths=[], train_labels=np.zeros(0, dtype=np.int64),
                     test_paths=[p for p, _ in selected], test_labels=np.array([c for _, c in selected], np.int64),
-                    num_classes=7, class_names=class_names(7), data_dir=root, layout="ckplus",
+                    num_classes=num_classes, data_dir=root, layout="ckplus",
                     label_file=os.path.join(root, EMOTION_DIR))

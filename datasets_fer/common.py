@@ -21,10 +21,13 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from remop_usb.errors import UserError
+from remop_usb.fileio import _umask, atomic_output
 
-__all__ = ["SHOW_MISSING", "check_data_dir", "require_file", "read_lines", "check_files_exist",
-           "default_cache_dir", "resolve_cache_dir", "file_signature", "AtomicCacheDir", "save_npz_atomic",
-           "resolve_num_classes"]
+from .labels import CANONICAL
+
+__all__ = ["SHOW_MISSING", "check_data_dir", "read_lines", "check_files_exist", "default_cache_dir",
+           "resolve_cache_dir", "file_signature", "AtomicCacheDir", "save_npz_atomic", "resolve_num_classes",
+           "seven_classes", "count_or_none"]
 
 #: how many missing paths an error message shows
 SHOW_MISSING = 3
@@ -37,13 +40,6 @@ def check_data_dir(data_dir, dataset: str, layout: str) -> str:
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise UserError(f"{dataset} data_dir {root} {what}; {layout}")
     return root
-
-
-def require_file(path: str, what: str, layout: str) -> str:
-    """``path`` if it is a file, else :class:`UserError` naming ``what`` and the expected ``layout``."""
-    if not os.path.isfile(path):
-        raise UserError(f"{what} {path} not found; {layout}")
-    return path
 
 
 def read_lines(path: str, what: str) -> List[str]:
@@ -63,6 +59,20 @@ def resolve_num_classes(num_classes, default: int, dataset: str, seven: str) -> 
     if isinstance(value, bool) or value not in (7, 8):
         raise UserError(f"{dataset}: num_classes must be 8 (the paper) or 7 ({seven}), not {num_classes!r}")
     return int(value)
+
+
+def seven_classes(num_classes, dataset: str) -> int:
+    """7, the class count of a seven-class dataset: ``num_classes`` must be None or 7; ``dataset`` names it in
+    the error (e.g. ``'RAF-DB (basic)'``)."""
+    if num_classes is not None and num_classes != 7:
+        raise UserError(f"{dataset} has 7 classes ({', '.join(CANONICAL[:7])}), not num_classes={num_classes}")
+    return 7
+
+
+def count_or_none(text: str) -> Optional[int]:
+    """``text`` (surrounding white space ignored) as a non-negative integer if it is ASCII digits, else None."""
+    s = text.strip()
+    return int(s) if s.isascii() and s.isdigit() else None
 
 
 def _listing(folder: str) -> Optional[set]:
@@ -96,11 +106,11 @@ def check_files_exist(paths: Sequence[str], source: str, layout: str) -> None:
 
 
 def default_cache_dir() -> str:
-    """``$REMOP_USB_CACHE``, else ``$XDG_CACHE_HOME/remop-usb``, else ``~/.cache/remop-usb``."""
+    """``$REMOP_USB_CACHE``, else ``$XDG_CACHE_HOME/remop-usb``, else ``~/.cache/remop-usb``, as an absolute path."""
     if os.environ.get("REMOP_USB_CACHE"):
         return os.path.abspath(os.path.expanduser(os.environ["REMOP_USB_CACHE"]))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "remop-usb")
+    return os.path.abspath(os.path.expanduser(os.path.join(base, "remop-usb")))
 
 
 def resolve_cache_dir(cache_dir) -> str:
@@ -118,12 +128,6 @@ def file_signature(paths: Iterable[str], *extra) -> str:
     for e in extra:
         h.update(f"{e}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _cache_error(path: str, err: OSError) -> UserError:
@@ -176,21 +180,8 @@ class AtomicCacheDir:
 
 def save_npz_atomic(path: str, **arrays) -> None:
     """``np.savez`` to a temporary sibling, then rename onto ``path`` (complete or absent, never half-written)."""
-    folder = os.path.dirname(path)
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    except OSError as err:
-        raise _cache_error(path, err) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
     except OSError as err:
         raise _cache_error(path, err) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

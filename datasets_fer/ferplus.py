@@ -59,10 +59,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from datasets_fer.common import (AtomicCacheDir, check_data_dir, check_files_exist, file_signature, read_lines,
-                                 resolve_cache_dir, resolve_num_classes)
+from datasets_fer.common import (AtomicCacheDir, _listing, check_data_dir, check_files_exist, count_or_none,
+                                 file_signature, read_lines, resolve_cache_dir, resolve_num_classes)
 from datasets_fer.index import FERIndex
-from datasets_fer.labels import FERPLUS_TO_CANONICAL, class_names as _class_names
+from datasets_fer.labels import FERPLUS_TO_CANONICAL
 from remop_usb.errors import UserError, where
 
 __all__ = ["read_ferplus", "majority_vote", "VOTE_COLUMNS", "UNKNOWN", "NOT_FACE", "NO_MAJORITY", "EXPECTED_LAYOUT",
@@ -108,13 +108,8 @@ def majority_vote(votes: Sequence[int]) -> int:
 # --------------------------------------------------------------------------------------------------- parsing
 
 
-def _count(text: str) -> Optional[int]:
-    s = text.strip()
-    return int(s) if s.isascii() and s.isdigit() else None
-
-
 def _parse_votes(fields: Sequence[str], path: str, line: int) -> Tuple[int, ...]:
-    votes = tuple(_count(f) for f in fields)
+    votes = tuple(count_or_none(f) for f in fields)
     if None in votes:
         raise UserError(f"{where(path, line)}: expected 10 vote counts (non-negative integers, in the order "
                         f"{','.join(VOTE_COLUMNS)}), found {','.join(fields)[:80]!r}")
@@ -260,8 +255,7 @@ def _cache_is_complete(folder: str, names: Sequence[str], check_images: bool) ->
         return False
     if not check_images:
         return True
-    with os.scandir(folder) as it:
-        present = {e.name for e in it}
+    present = _listing(folder) or set()
     return all(n in present for n in names)
 
 
@@ -335,5 +329,4 @@ def read_ferplus(data_dir, *, num_classes=None, cache_dir=None, check_images: bo
             entries.sort()
             out[split + "_paths"] = [e[2] for e in entries]
             out[split + "_labels"] = np.array([e[3] for e in entries], dtype=np.int64)
-    return FERIndex(num_classes=num_classes, class_names=_class_names(num_classes), data_dir=root,
-                    label_file=label_file, layout=layout, **out)
+    return FERIndex(num_classes=num_classes, data_dir=root, label_file=label_file, layout=layout, **out)

@@ -75,15 +75,20 @@ def apply_image_cache(args, datasets, cache_dir: str):
         return
     folder = os.path.join(cache_dir, SUBDIR)
     written = reused = 0
+    done = {}  # (source, resize) -> its copy: an image in several datasets (labeled and unlabeled) is looked up once
     for dataset in (d for d in datasets if d is not None):
         resize = dataset_resize(dataset)
         if resize is None:
             print(f"[remop-usb] image_cache: {len(dataset)} images left uncached (their transforms do not all "
                   f"start with the same fixed-size Resize)")
             continue
-        paths = []
+        paths, signature = [], _signature(resize)
         for source in dataset.data:
-            path, new = cached_path(source, resize, folder)
+            path = done.get((source, signature))
+            new = False
+            if path is None:
+                path, new = cached_path(source, resize, folder)
+                done[source, signature] = path
             paths.append(path)
             written, reused = written + new, reused + (not new)
         dataset.data = np.asarray(paths, dtype=object)

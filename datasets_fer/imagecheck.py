@@ -79,8 +79,7 @@ def unreadable_images(paths: Sequence[str], root: str, cache_dir: Optional[str])
     cache_path = cache_file(cache_dir, root) if cache_dir else None
     cached = _load_cache(cache_path, root) if cache_path else {}
 
-    def one(path):
-        key = _key(os.path.abspath(path), root)
+    def one(path, key):
         try:
             st = os.stat(path)
         except OSError as err:
@@ -91,12 +90,13 @@ def unreadable_images(paths: Sequence[str], root: str, cache_dir: Optional[str])
         reason = check_image(path)
         return key, [st.st_size, st.st_mtime_ns, reason], reason
 
-    new = sum(1 for p in paths if _key(os.path.abspath(p), root) not in cached)
+    keys = [_key(os.path.abspath(p), root) for p in paths]
+    new = sum(1 for key in keys if key not in cached)
     if new >= _ANNOUNCE:
         print(f"[remop-usb] decoding {new} images of {root} once to find unreadable ones"
               + (f" (remembered in {cache_path})" if cache_path else ""))
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        results = list(pool.map(one, paths, chunksize=64))
+        results = list(pool.map(one, paths, keys))
     bad = {p: reason for p, (_, _, reason) in zip(paths, results) if reason is not None}
     if cache_path:
         entries = {key: entry for key, entry, _ in results if entry is not None}

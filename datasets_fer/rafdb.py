@@ -63,13 +63,13 @@ import os
 
 import numpy as np
 
-from datasets_fer.common import check_data_dir, check_files_exist, read_lines
+from datasets_fer.common import check_data_dir, check_files_exist, count_or_none, read_lines, seven_classes
 from datasets_fer.folders import image_files, is_image_name, subdirs
 from datasets_fer.index import FERIndex
-from datasets_fer.labels import CANONICAL, RAFDB_NAMES, RAFDB_TO_CANONICAL, class_names as _class_names
+from datasets_fer.labels import CANONICAL, RAFDB_NAMES, RAFDB_TO_CANONICAL
 from remop_usb.errors import UserError, where
 
-__all__ = ["RafdbIndex", "read_rafdb", "detect_layout", "LAYOUTS", "LABEL_FILE", "IMAGE_ROOT", "ALIGNED",
+__all__ = ["read_rafdb", "detect_layout", "LAYOUTS", "LABEL_FILE", "IMAGE_ROOT", "ALIGNED",
            "ALIGNED_DIR", "EXPECTED_LAYOUT", "EXPECTED_LAYOUTS", "SPLIT_LABEL_FILE", "NUM_TRAIN", "NUM_TEST",
            "folder_class", "image_name"]
 
@@ -92,9 +92,6 @@ EXPECTED_LAYOUTS = ("expected one of the RAF-DB layouts: official (<data_dir>/ba
                     "(<data_dir>/{train,test}/<class>/*.jpg, class = 1-7 or an expression name)")
 NUM_TRAIN, NUM_TEST = 12271, 3068  # official sizes (informative; subsets are accepted)
 SPLITS = ("train", "test")
-
-#: RAF-DB's index is the common :class:`~datasets_fer.index.FERIndex` (kept as a name for readability)
-RafdbIndex = FERIndex
 
 
 # --------------------------------------------------------------------------------------------------- detection
@@ -143,25 +140,54 @@ def detect_layout(root: str) -> str:
     return next(iter(found))
 
 
+# --------------------------------------------------------------------------------------------------- label lines
+
+
+def _two_fields(path: str, lineno: int, text: str, expected: str):
+    """(name, code) of a ``<name> <code>`` label line, else a UserError saying the line should look like
+    ``expected``."""
+    fields = text.split()
+    if len(fields) != 2:
+        raise UserError(f"{where(path, lineno)}: expected {expected}, found {len(fields)} fields: "
+                        f"{text.strip()[:80]!r}")
+    return fields
+
+
+def _check_unique(seen: dict, key: str, path: str, lineno: int) -> None:
+    if key in seen:
+        raise UserError(f"{where(path, lineno)}: duplicate image name {key!r} (first listed on line {seen[key]}); "
+                        f"each image must appear once")
+    seen[key] = lineno
+
+
+def _label_lines(path: str, parse):
+    """``parse(path, lineno, text)`` of every non-blank line of RAF-DB label file ``path``, in file order; ``parse``
+    returns a tuple whose first item is the image name, which must be unique in the file."""
+    seen = {}
+    for lineno, text in enumerate(read_lines(path, "RAF-DB label file"), start=1):
+        if not text.strip():
+            continue
+        parsed = parse(path, lineno, text)
+        _check_unique(seen, parsed[0], path, lineno)
+        yield parsed
+
+
 # --------------------------------------------------------------------------------------------------- official
 
 
 def _parse_official_line(path: str, lineno: int, text: str):
-    fields = text.split()
-    if len(fields) != 2:
-        raise UserError(f"{where(path, lineno)}: expected '<name>.jpg <label 1-7>' (e.g. 'train_00001.jpg 5'), "
-                        f"found {len(fields)} fields: {text.strip()[:80]!r}")
-    name, code = fields
+    """(name, split, stem, RAF code) of one line of list_patition_label.txt."""
+    name, code = _two_fields(path, lineno, text, "'<name>.jpg <label 1-7>' (e.g. 'train_00001.jpg 5')")
     stem = name[:-4] if name.endswith(".jpg") else None
     prefix = "train_" if name.startswith("train_") else "test_" if name.startswith("test_") else None
     if prefix is None or stem is None or len(stem) <= len(prefix) or "/" in name or "\\" in name:
         raise UserError(f"{where(path, lineno)}: expected an image name like 'train_00001.jpg' or 'test_0001.jpg' "
                         f"(prefix train_ or test_, ending in .jpg), found {name!r}")
-    label = int(code) if code.isascii() and code.isdigit() else None
+    label = count_or_none(code)
     if label not in RAFDB_TO_CANONICAL:
         raise UserError(f"{where(path, lineno)}: expected a RAF-DB label, an integer 1-7 (1 Surprise, 2 Fear, "
                         f"3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral), found {code!r} for {name}")
-    return prefix[:-1], name, stem, label
+    return name, prefix[:-1], stem, label
 
 
 def _official_label_file(root: str) -> str:
@@ -203,13 +229,8 @@ def _check_image_dir(image_dir, layout: str, root: str) -> str:
 def _read_official(root: str, check_images: bool, image_dir: str = ALIGNED) -> dict:
     label_path = _official_label_file(root)
     expected = _expected_official(image_dir)
-    seen = {}
     entries = {"train": [], "test": []}
-    for lineno, text in enumerate(read_lines(label_path, "RAF-DB label file"), start=1):
-        if not text.strip():
-            continue
-        split, name, stem, label = _parse_official_line(label_path, lineno, text)
-        _check_unique(seen, name, label_path, lineno)
+    for name, split, stem, label in _label_lines(label_path, _parse_official_line):
         entries[split].append((_official_image(image_dir, name, stem), RAFDB_TO_CANONICAL[label]))
     for split in SPLITS:
         if not entries[split]:
@@ -221,30 +242,20 @@ def _read_official(root: str, check_images: bool, image_dir: str = ALIGNED) -> d
         present = subdirs(os.path.join(root, IMAGE_ROOT))
         hint = f" ({os.path.join(root, IMAGE_ROOT)} holds: {', '.join(present)})" if present else ""
         raise UserError(f"RAF-DB image folder {folder} does not exist{hint}; {expected}")
-    return dict(entries=entries, base=root, label_file=label_path, check_images=check_images, expected=expected)
-
-
-def _check_unique(seen: dict, key: str, path: str, lineno: int) -> None:
-    if key in seen:
-        raise UserError(f"{where(path, lineno)}: duplicate image name {key!r} (first listed on line {seen[key]}); "
-                        f"each image must appear once")
-    seen[key] = lineno
+    return dict(entries=entries, label_file=label_path, expected=expected)
 
 
 # --------------------------------------------------------------------------------------------------- label-file
 
 
 def _parse_split_line(path: str, lineno: int, text: str):
-    fields = text.split()
-    if len(fields) != 2:
-        raise UserError(f"{where(path, lineno)}: expected '<file> <label 0-6>' (e.g. 'train_00001_aligned.jpg 3'), "
-                        f"found {len(fields)} fields: {text.strip()[:80]!r}")
-    name, code = fields
+    """(relative image path with '/' separators, RAF code 1-7) of one line of a label-file layout label file."""
+    name, code = _two_fields(path, lineno, text, "'<file> <label 0-6>' (e.g. 'train_00001_aligned.jpg 3')")
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or ".." in parts or not is_image_name(parts[-1]):
         raise UserError(f"{where(path, lineno)}: expected an image path relative to the split's image folder, "
                         f"ending in .jpg/.jpeg/.png/.bmp, without '..', found {name!r}")
-    label = int(code) if code.isascii() and code.isdigit() else None
+    label = count_or_none(code)
     if label is None or not 0 <= label <= 6:
         hint = " (this layout's labels are 0-based: RAF code minus one)" if label == 7 else ""
         raise UserError(f"{where(path, lineno)}: expected a 0-based RAF-DB label, an integer 0-6 (0 Surprise, "
@@ -261,7 +272,7 @@ def _split_image_root(root: str, split: str) -> str:
                     f"{os.path.join(root, 'images', split)} exists; {EXPECTED_LAYOUTS}")
 
 
-def _read_label_file_layout(root: str, check_images: bool) -> dict:
+def _read_label_file_layout(root: str) -> dict:
     label_dir = _label_file_dir(root)
     entries, label_paths = {}, []
     for split in SPLITS:
@@ -271,18 +282,13 @@ def _read_label_file_layout(root: str, check_images: bool) -> dict:
                             f"RAF_train_label2.txt and RAF_test_label2.txt); {EXPECTED_LAYOUTS}")
         label_paths.append(label_path)
         image_root = os.path.relpath(_split_image_root(root, split), root)
-        seen, rows = {}, []
-        for lineno, text in enumerate(read_lines(label_path, "RAF-DB label file"), start=1):
-            if not text.strip():
-                continue
-            name, code = _parse_split_line(label_path, lineno, text)
-            _check_unique(seen, name, label_path, lineno)
-            rows.append((os.path.join(image_root, *name.split("/")), RAFDB_TO_CANONICAL[code]))
+        rows = [(os.path.join(image_root, *name.split("/")), RAFDB_TO_CANONICAL[code])
+                for name, code in _label_lines(label_path, _parse_split_line)]
         if not rows:
             raise UserError(f"{label_path}: no '<file> <label>' lines; the {split} split is empty")
         entries[split] = rows
-    return dict(entries=entries, base=root, label_file=label_paths[0], check_images=check_images,
-                source=" and ".join(label_paths), expected=EXPECTED_LAYOUTS)
+    return dict(entries=entries, label_file=label_paths[0], source=" and ".join(label_paths),
+                expected=EXPECTED_LAYOUTS)
 
 
 # --------------------------------------------------------------------------------------------------- class-folders
@@ -309,7 +315,7 @@ def folder_class(folder: str, name: str) -> int:
     return RAFDB_TO_CANONICAL[code]
 
 
-def _read_class_folders(root: str, check_images: bool) -> dict:
+def _read_class_folders(root: str) -> dict:
     entries = {}
     for split in SPLITS:
         folder = os.path.join(root, split)
@@ -331,18 +337,10 @@ def _read_class_folders(root: str, check_images: bool) -> dict:
         if not rows:
             raise UserError(f"{folder}: no images in its class folders; {EXPECTED_LAYOUTS}")
         entries[split] = rows
-    return dict(entries=entries, base=root, label_file=os.path.join(root, "train"), check_images=False,
-                expected=EXPECTED_LAYOUTS)
+    return dict(entries=entries, label_file=os.path.join(root, "train"), expected=EXPECTED_LAYOUTS)
 
 
 # --------------------------------------------------------------------------------------------------- reader
-
-_READERS = {"official": _read_official, "label-file": _read_label_file_layout, "class-folders": _read_class_folders}
-
-
-def _check_num_classes(num_classes) -> None:
-    if num_classes is not None and num_classes != 7:
-        raise UserError(f"RAF-DB (basic) has 7 classes ({', '.join(CANONICAL[:7])}), not num_classes={num_classes}")
 
 
 def image_name(rel: str) -> str:
@@ -358,7 +356,7 @@ def _canonical_order(rows):
 
 
 def read_rafdb(data_dir, *, num_classes=None, cache_dir=None, check_images: bool = True,
-               image_dir: str = ALIGNED) -> RafdbIndex:
+               image_dir: str = ALIGNED) -> FERIndex:
     """Index RAF-DB basic under ``data_dir``, in whichever layout it is (see the module docstring).
 
     ``num_classes`` may be None or 7. ``cache_dir`` is accepted for the common reader signature and not used (RAF-DB
@@ -367,19 +365,22 @@ def read_rafdb(data_dir, *, num_classes=None, cache_dir=None, check_images: bool
     missing folder or label file, an unknown or ambiguous layout, a malformed or duplicate line, missing images, an
     empty train or test split, or an ``image_dir`` other than aligned with another layout.
     """
-    _check_num_classes(num_classes)
+    num_classes = seven_classes(num_classes, "RAF-DB (basic)")
     root = check_data_dir(data_dir, "RAF-DB", EXPECTED_LAYOUTS)
     layout = detect_layout(root)
     image_dir = _check_image_dir(image_dir, layout, root)
-    found = _read_official(root, check_images, image_dir) if layout == "official" else \
-        _READERS[layout](root, check_images)
+    if layout == "official":
+        found = _read_official(root, check_images, image_dir)
+    elif layout == "label-file":
+        found = _read_label_file_layout(root)
+    else:
+        found = _read_class_folders(root)
     out = {}
     for split in SPLITS:
         rows = _canonical_order(found["entries"][split])
-        out[split + "_paths"] = [os.path.join(found["base"], rel) for rel, _ in rows]
+        out[split + "_paths"] = [os.path.join(root, rel) for rel, _ in rows]
         out[split + "_labels"] = np.array([c for _, c in rows], dtype=np.int64)
-    if found["check_images"]:
+    if check_images and layout != "class-folders":  # class folders are listed from disk: their images exist
         check_files_exist(out["train_paths"] + out["test_paths"], found.get("source", found["label_file"]),
                           found["expected"])
-    return RafdbIndex(num_classes=7, class_names=_class_names(7), data_dir=root, label_file=found["label_file"],
-                      layout=layout, **out)
+    return FERIndex(num_classes=num_classes, data_dir=root, label_file=found["label_file"], layout=layout, **out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 
@@ -30,12 +31,27 @@ import numpy as np
 
 from remop_usb.errors import OneLineArgumentParser, UserError
 
-__all__ = ["main", "split_keys", "dataset_split", "split_counts", "format_table"]
+__all__ = ["main", "split_keys", "key_defaults", "dataset_split", "split_counts", "format_table"]
 
 
-#: the keys of a run's split beyond dataset, data_dir, num_labels, lb_imb_ratio and seed, with training's defaults
-KEY_DEFAULTS = dict(num_classes=None, include_lb_to_ulb=False, test_dataset="", test_data_dir="", ulb_dataset="",
-                    ulb_data_dir="", rafdb_image_dir="aligned", cache_dir="")
+#: the FER data keys of a run (:func:`remop_usb.config._add_fer_data_arguments`) that its split depends on; their
+#: defaults are training's, read from its parser (:func:`key_defaults`)
+FER_DATA_KEYS = ("test_dataset", "test_data_dir", "ulb_dataset", "ulb_data_dir", "rafdb_image_dir", "cache_dir")
+
+
+@functools.lru_cache(maxsize=None)
+def _training_defaults() -> tuple:
+    from remop_usb.config import _add_fer_data_arguments  # imports USB: only once a split is drawn, not for --help
+
+    p = argparse.ArgumentParser(add_help=False)
+    _add_fer_data_arguments(p)
+    return tuple((key, p.get_default(key)) for key in FER_DATA_KEYS)
+
+
+def key_defaults() -> dict:
+    """The keys of a run's split beyond dataset, data_dir, num_labels, lb_imb_ratio and seed, with training's
+    defaults (``num_classes`` None: the dataset's own)."""
+    return dict(num_classes=None, include_lb_to_ulb=False, **dict(_training_defaults()))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,14 +69,16 @@ def _parser() -> argparse.ArgumentParser:
                         "default: the dataset's own")
     p.add_argument("--include_lb_to_ulb", action="store_true",
                    help="the unlabeled set also holds the labeled images (training's include_lb_to_ulb: True)")
-    p.add_argument("--test_dataset", default="", help="training's test_dataset: a cross-dataset test set (e.g. "
-                                                       "ckplus), whose test images per class are printed")
-    p.add_argument("--test_data_dir", default="", help="training's test_data_dir: the folder of --test_dataset")
-    p.add_argument("--ulb_dataset", default="", help="training's ulb_dataset: the unlabeled pool (e.g. affectnet)")
-    p.add_argument("--ulb_data_dir", default="", help="training's ulb_data_dir: the folder of --ulb_dataset")
-    p.add_argument("--rafdb_image_dir", default="aligned",
+    # FER_DATA_KEYS: left out of the namespace when not given; split_keys fills in training's defaults
+    fer = dict(default=argparse.SUPPRESS)
+    p.add_argument("--test_dataset", **fer, help="training's test_dataset: a cross-dataset test set (e.g. "
+                                                 "ckplus), whose test images per class are printed")
+    p.add_argument("--test_data_dir", **fer, help="training's test_data_dir: the folder of --test_dataset")
+    p.add_argument("--ulb_dataset", **fer, help="training's ulb_dataset: the unlabeled pool (e.g. affectnet)")
+    p.add_argument("--ulb_data_dir", **fer, help="training's ulb_data_dir: the folder of --ulb_dataset")
+    p.add_argument("--rafdb_image_dir", **fer,
                    help="training's rafdb_image_dir: RAF-DB's image folder under basic/Image (default aligned)")
-    p.add_argument("--cache_dir", default="",
+    p.add_argument("--cache_dir", **fer,
                    help="training's cache_dir (default: $REMOP_USB_CACHE, else ~/.cache/remop-usb)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
@@ -68,14 +86,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def split_keys(dataset, data_dir, num_labels, lb_imb_ratio, seed, **keys) -> argparse.Namespace:
     """The keys :func:`datasets_fer.usb.draw_split` reads, as training's config has them (same defaults, checked
-    as training checks them); ``keys``: any of :data:`KEY_DEFAULTS`."""
+    as training checks them); ``keys``: any of :func:`key_defaults`."""
     from datasets_fer import usb
     from remop_usb.config import _check_fer_data
 
-    unknown = sorted(set(keys) - set(KEY_DEFAULTS))
+    defaults = key_defaults()
+    unknown = sorted(set(keys) - set(defaults))
     if unknown:
         raise TypeError(f"split_keys got unknown keys {unknown}")
-    values = {**KEY_DEFAULTS, **keys}
+    values = {**defaults, **keys}
     args = argparse.Namespace(dataset=dataset, data_dir=data_dir, num_labels=num_labels, lb_imb_ratio=lb_imb_ratio,
                               seed=seed, eval_split="test", demo_data=False, **values)
     usb.check_registered(dataset)
@@ -148,8 +167,9 @@ def format_table(counts: dict, title: str) -> str:
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
+    keys = key_defaults()
     drawn = dataset_split(a.dataset, a.data_dir, a.num_labels, a.lb_imb_ratio, a.seed,
-                          **{k: getattr(a, k) for k in KEY_DEFAULTS})
+                          **{k: v for k, v in vars(a).items() if k in keys})
     counts = split_counts(drawn)
     if a.json:
         print(json.dumps(counts, indent=2))

@@ -33,7 +33,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from remop_usb.errors import UserError
+from remop_usb.fileio import _umask
 
+from . import affectnet, rafdb
 from .labels import CANONICAL, RAFDB_NAMES, RAFDB_TO_CANONICAL
 
 GENERATOR = "remop-usb synthetic FER"
@@ -491,12 +493,6 @@ class _AtomicDir:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _write_marker(root: Path, layout: str, args: dict, counts: dict, **extra) -> Path:
     """Write the marker (sorted keys, no timestamps, so it is byte-identical for equal arguments)."""
     info = {"generator": GENERATOR, "version": VERSION, "layout": layout, "args": args, "counts": counts, **extra}
@@ -517,13 +513,13 @@ def _shuffled_labels(counts: Dict[int, int], seed: int, stream: str) -> List[int
 
 
 #: RAF-DB layouts :func:`write_rafdb` can write (the three :mod:`datasets_fer.rafdb` reads)
-RAFDB_LAYOUTS = ("official", "label-file", "class-folders")
+RAFDB_LAYOUTS = rafdb.LAYOUTS
 
 
 def _rafdb_entry(layout: str, split: str, name: str, code: int) -> Tuple[str, str]:
     """(image path relative to the root, label-file line or '') of image ``name`` with RAF code ``code``."""
     if layout == "official":
-        return f"basic/Image/aligned/{name}_aligned.jpg", f"{name}.jpg {code}"
+        return f"{rafdb.ALIGNED_DIR}/{name}{rafdb.ALIGNED_SUFFIX}.jpg", f"{name}.jpg {code}"
     if layout == "label-file":
         return f"{split}/{name}_aligned.jpg", f"{name}_aligned.jpg {code - 1}"  # 0-based RAF order
     return f"{split}/{code}/{name}_aligned.jpg", ""
@@ -532,9 +528,9 @@ def _rafdb_entry(layout: str, split: str, name: str, code: int) -> Tuple[str, st
 def _rafdb_label_files(layout: str, lines: Dict[str, List[str]]) -> Dict[str, List[str]]:
     """Label file (relative path) -> its lines, for ``layout``; class folders need none."""
     if layout == "official":
-        return {"basic/EmoLabel/list_patition_label.txt": lines["train"] + lines["test"]}
+        return {rafdb.LABEL_FILE: lines["train"] + lines["test"]}
     if layout == "label-file":
-        return {f"RAF_{split}_label2.txt": lines[split] for split in ("train", "test")}
+        return {rafdb.SPLIT_LABEL_FILE.format(split=split): lines[split] for split in ("train", "test")}
     return {}
 
 
@@ -556,8 +552,7 @@ def write_rafdb(out_dir, num_train: int = 2400, num_test: int = 600, size: int =
     num_test = _check_int("num_test", num_test, 0)
     size = _check_int("size", size, 16)
     seed = _check_int("seed", seed, 0)
-    if layout not in RAFDB_LAYOUTS:
-        raise UserError(f"synthetic dataset: RAF-DB layout must be one of {', '.join(RAFDB_LAYOUTS)}, not {layout!r}")
+    layout = _check_choice("RAF-DB layout", layout, RAFDB_LAYOUTS)
     if num_train > 99999 or num_test > 9999:
         raise UserError("synthetic dataset: RAF-DB names allow at most 99999 train and 9999 test images")
     out = Path(out_dir)
@@ -574,7 +569,7 @@ def write_rafdb(out_dir, num_train: int = 2400, num_test: int = 600, size: int =
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 img.save(tmp / rel, "JPEG", quality=JPEG_QUALITY)
                 lines[split].append(line)
-        for folder in (["basic/Image/aligned"] if layout == "official" else ["train", "test"]):
+        for folder in ([rafdb.ALIGNED_DIR] if layout == "official" else ["train", "test"]):
             (tmp / folder).mkdir(parents=True, exist_ok=True)  # an empty split still has its folder
         for rel, rows in _rafdb_label_files(layout, lines).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -586,8 +581,8 @@ def write_rafdb(out_dir, num_train: int = 2400, num_test: int = 600, size: int =
         _write_marker(tmp, "rafdb-basic" if layout == "official" else f"rafdb-{layout}", args, counts_json,
                       class_names={str(c): RAFDB_NAMES[c] for c in sorted(RAFDB_NAMES)})
     label_file, image_dir = {
-        "official": ("basic/EmoLabel/list_patition_label.txt", "basic/Image/aligned"),
-        "label-file": ("RAF_train_label2.txt", "train"),
+        "official": (rafdb.LABEL_FILE, rafdb.ALIGNED_DIR),
+        "label-file": (rafdb.SPLIT_LABEL_FILE.format(split="train"), "train"),
         "class-folders": ("train", "train"),
     }[layout]
     return {
@@ -624,13 +619,16 @@ CKPLUS_SEQUENCE_COUNTS = {1: 45, 2: 18, 3: 59, 4: 25, 5: 69, 6: 28, 7: 83}
 CKPLUS_UNLABELED = 266
 
 
-def _ckplus_sequences(num_labeled: int, num_unlabeled: int, frames: Tuple[int, int], seed: int) -> List[dict]:
+def _ckplus_sequences(num_labeled: int, num_unlabeled: int, frames: Tuple[int, int], seed: int, *,
+                      counts: Optional[Dict[int, int]] = None) -> List[dict]:
     """The sequences to draw: subject, sequence number, frame count and CK+ code (None: no emotion file).
 
     Codes follow :data:`CKPLUS_SEQUENCE_COUNTS` (:func:`_split_counts`, so every code, contempt included, gets a
     sequence once ``num_labeled >= 7``); unlabeled sequences show a random expression. Subjects hold 1-6 sequences.
+    ``counts``: those per-code counts when the caller has them already.
     """
-    counts = _split_counts(num_labeled, CKPLUS_SEQUENCE_COUNTS)
+    if counts is None:
+        counts = _split_counts(num_labeled, CKPLUS_SEQUENCE_COUNTS)
     codes: List[Optional[int]] = [c for c in sorted(counts) for _ in range(counts[c])] + [None] * num_unlabeled
     rng = face_rng(seed, "ckplus/sequences", 0)
     codes = [codes[i] for i in rng.permutation(len(codes))]
@@ -681,7 +679,9 @@ def write_ckplus(out_dir, num_labeled: int = 327, num_unlabeled: int = CKPLUS_UN
         raise UserError(f"synthetic dataset: frames must be (min, max) with min <= max, got {frames!r}")
     from .labels import CKPLUS_TO_CANONICAL
 
-    sequences = _ckplus_sequences(num_labeled, num_unlabeled, (lo, hi), seed)
+    counts = _split_counts(num_labeled, CKPLUS_SEQUENCE_COUNTS)
+    protocol = _ckplus_protocol_counts(counts)
+    sequences = _ckplus_sequences(num_labeled, num_unlabeled, (lo, hi), seed, counts=counts)
     out = Path(out_dir)
     with _AtomicDir(out, overwrite) as tmp:
         (tmp / "cohn-kanade-images").mkdir()
@@ -700,16 +700,14 @@ def write_ckplus(out_dir, num_labeled: int = 327, num_unlabeled: int = CKPLUS_UN
                 emotion.mkdir(parents=True)
                 (emotion / f"{stem}_{s['frames']:08d}_emotion.txt").write_text(f"   {float(s['code']):.7e}\n",
                                                                               encoding="utf-8")
-        counts = _split_counts(num_labeled, CKPLUS_SEQUENCE_COUNTS)
         info = {"sequences": {str(c): n for c, n in counts.items()}, "unlabeled": num_unlabeled,
-                "protocol": _ckplus_protocol_counts(counts)}
+                "protocol": dict(protocol)}
         args = {"num_labeled": num_labeled, "num_unlabeled": num_unlabeled, "size": size, "seed": seed,
                 "frames": [lo, hi]}
         _write_marker(tmp, "ckplus", args, info)
     return {"root": str(out), "image_dir": str(out / "cohn-kanade-images"), "emotion_dir": str(out / "Emotion"),
             "marker": str(out / MARKER_NAME),
-            "counts": {"sequences": dict(counts), "unlabeled": num_unlabeled,
-                       "protocol": _ckplus_protocol_counts(counts)}}
+            "counts": {"sequences": dict(counts), "unlabeled": num_unlabeled, "protocol": protocol}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -864,7 +862,7 @@ AFFECTNET_TRAIN_COUNTS = {0: 74874, 1: 134415, 2: 25459, 3: 14090, 4: 6378, 5: 3
 AFFECTNET_VAL_COUNTS = {c: 500 for c in range(8)}
 AFFECTNET_LAYOUTS = ("csv", "npy")
 #: codes every split also gets one row of (8 None, 9 Uncertain, 10 No-Face); readers drop them
-AFFECTNET_DROPPED = (8, 9, 10)
+AFFECTNET_DROPPED = affectnet.DROPPED_CODES
 
 
 def _affectnet_image(code: int, seed: int, stream: str, i: int, size: int) -> Image.Image:
@@ -898,8 +896,6 @@ def write_affectnet(out_dir, num_train: int = 400, num_val: int = 80, size: int 
     """
     import hashlib
 
-    from .affectnet import EXPRESSION_NAMES, STANDARD_COLUMNS
-
     nums = {"train": _check_int("num_train", num_train, 0), "val": _check_int("num_val", num_val, 0)}
     size, seed = _check_int("size", size, 16), _check_int("seed", seed, 0)
     layout = _check_choice("AffectNet layout", layout, AFFECTNET_LAYOUTS)
@@ -910,7 +906,7 @@ def write_affectnet(out_dir, num_train: int = 400, num_val: int = 80, size: int 
         for split, list_name, set_name in (("train", "training.csv", "train_set"),
                                            ("val", "validation.csv", "val_set")):
             stream = f"affectnet/{split}"
-            lines = [",".join(STANDARD_COLUMNS)]
+            lines = [",".join(affectnet.STANDARD_COLUMNS)]
             folder = tmp / set_name
             if layout == "npy":
                 (folder / "images").mkdir(parents=True)
@@ -936,6 +932,6 @@ def write_affectnet(out_dir, num_train: int = 400, num_val: int = 80, size: int 
         args = {"num_train": nums["train"], "num_val": nums["val"], "size": size, "seed": seed, "layout": layout}
         counts_json = {s: {str(c): n for c, n in cnt.items()} for s, cnt in counts.items()}
         _write_marker(tmp, f"affectnet-{layout}", args, counts_json,
-                      class_names={str(c): n for c, n in EXPRESSION_NAMES.items()})
+                      class_names={str(c): n for c, n in affectnet.EXPRESSION_NAMES.items()})
     return {"root": str(out), "layout": layout, "marker": str(out / MARKER_NAME),
             "counts": {s: dict(c) for s, c in counts.items()}}

@@ -60,7 +60,8 @@ from remop_usb.errors import UserError
 from remop_usb.fileio import write_json_atomic
 
 from . import FER_DATASETS, READER_KEYS, demo_writer
-from .common import default_cache_dir
+from . import common
+from .image_cache import apply_image_cache
 from .imagecheck import unreadable_images
 from .index import FERIndex
 from .labels import CANONICAL, class_names
@@ -94,9 +95,9 @@ def _option(args, key: str, default=""):
 
 
 def resolve_cache_dir(value: Optional[str] = "") -> str:
-    """``cache_dir``: the value, else ``$REMOP_USB_CACHE``, else :func:`datasets_fer.common.default_cache_dir`."""
-    chosen = value or os.environ.get("REMOP_USB_CACHE") or default_cache_dir()
-    return os.path.abspath(os.path.expanduser(chosen))
+    """``cache_dir``: the value, else :func:`datasets_fer.common.default_cache_dir` (``$REMOP_USB_CACHE``, ...);
+    ``''`` (the config key's default) counts as unset."""
+    return common.resolve_cache_dir(value or None)
 
 
 def check_registered(dataset: str) -> None:
@@ -273,12 +274,9 @@ def _pool_split(split: Split, train: Part, pool: Part, num_classes: int) -> Tupl
         ulb_idx = np.concatenate([split.lb_idx, ulb_idx])
     held_back = np.concatenate([train.labels, np.where(pool.labels < num_classes, pool.labels, -1)])
     ulb_labels = held_back[ulb_idx]
-    combined = Split(dataset=f"{split.dataset}+ulb:{pool.dataset}", num_labels=split.num_labels,
-                     lb_imb_ratio=split.lb_imb_ratio, seed=split.seed, num_classes=split.num_classes,
-                     lb_idx=split.lb_idx, ulb_idx=ulb_idx, class_order=split.class_order,
-                     lb_counts=split.lb_counts,
-                     ulb_counts=np.bincount(ulb_labels[ulb_labels >= 0], minlength=num_classes).tolist(),
-                     include_lb_to_ulb=split.include_lb_to_ulb)
+    combined = dataclasses.replace(
+        split, dataset=f"{split.dataset}+ulb:{pool.dataset}", ulb_idx=ulb_idx,
+        ulb_counts=np.bincount(ulb_labels[ulb_labels >= 0], minlength=num_classes).tolist())
     return combined, held_back
 
 
@@ -352,8 +350,6 @@ def build_fer_datasets(args, algorithm: str):
         test = FERImageDataset(algorithm, parts["test"].paths, parts["test"].labels, k, evaluation, False, None,
                                False)
         test.report = drawn.test_info  # read by remop_usb.results
-    from .image_cache import apply_image_cache  # image_cache: True reads copies pre-resized once
-
     apply_image_cache(args, (lb, ulb, eval_set, test), drawn.cache_dir)
     return {"train_lb": lb, "train_ulb": ulb, "eval": eval_set, "test": test}
 

@@ -30,7 +30,6 @@ own cuDNN flags, giving ``fixmatch_default_step_s``, ``options_speedup`` (defaul
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -43,6 +42,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from .errors import OneLineArgumentParser
 
 #: the methods timed, each built from its demo config
 METHODS = ("fixmatch", "remop_fixmatch")
@@ -141,22 +142,22 @@ def usb_step(algorithm, batches):
 def plain_network(net, device, args):
     """A copy of ``net`` on ``device`` in training mode, with the model-level speed options of ``args`` applied as
     USB's algorithms get them (``channels_last``; ``compile`` in place, which a deep copy does not carry)."""
+    from .usb_compat.speed import apply_model_options
+
     net = copy.deepcopy(net).to(device).train()
-    if getattr(args, "channels_last", False):
-        net.to(memory_format=torch.channels_last)
-    if getattr(args, "compile", False):
-        net.compile(mode=getattr(args, "compile_mode", "default"))
+    apply_model_options(net, args)
     return net
 
 
-def plain_fixmatch_step(net, batches, device, args, autocast=None, p_cutoff=0.95, ema_m=0.999):
+def plain_fixmatch_step(net, batches, device, args, autocast=None, scaled=False, p_cutoff=0.95, ema_m=0.999):
     """A minimal FixMatch step in plain PyTorch on a copy of ``net``, for the plugin's overhead: ``args`` gives the
     learning rate and the speed options, ``autocast`` (a context-manager factory, e.g. the algorithm's ``amp_cm``;
-    None: full precision) the mixed precision, with a GradScaler for fp16 as USB's."""
+    None: full precision) the mixed precision, ``scaled`` whether the loss goes through a GradScaler (as the USB
+    step's does: :func:`scales_loss`)."""
     net = plain_network(net, device, args)
     ema = [p.detach().clone() for p in net.parameters()]
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast is not None and args.amp_dtype == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=scaled)
     autocast = autocast or contextlib.nullcontext
 
     def step(i):
@@ -178,6 +179,11 @@ def plain_fixmatch_step(net, batches, device, args, autocast=None, p_cutoff=0.95
             torch._foreach_lerp_(ema, [p.detach() for p in net.parameters()], 1 - ema_m)
 
     return step
+
+
+def scales_loss(algorithm) -> bool:
+    """Whether USB's ParamUpdateHook steps ``algorithm`` through its GradScaler (amp, and a scaler that is on)."""
+    return bool(algorithm.use_amp and algorithm.loss_scaler.is_enabled())
 
 
 def loader_throughput(loader, n_batches):
@@ -217,7 +223,7 @@ def run_bench(opts):
         steps = {"fixmatch": usb_step(fixmatch, batches),
                  "remop": usb_step(_build(configs["remop_fixmatch"], data_dir, runs, opts, speed), batches),
                  "plain": plain_fixmatch_step(unwrap(fixmatch.model), batches, device, fixmatch.args,
-                                              fixmatch.amp_cm if fixmatch.use_amp else None)}
+                                              fixmatch.amp_cm if fixmatch.use_amp else None, scales_loss(fixmatch))}
         default = _build(configs["fixmatch"], data_dir, runs, opts) if speed else None
         if default is not None:
             steps["default"] = usb_step(default, batches)
@@ -262,7 +268,7 @@ def _add_speed_flags(p):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="remop-usb bench", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="remop-usb bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--check", action="store_true", help="exit 1 (after printing) when a target is missed: "

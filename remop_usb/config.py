@@ -199,6 +199,13 @@ def _add_fer_data_arguments(p):
                         "remop-usb align's MTCNN crops of basic/Image/original)")
 
 
+def _fer_data_defaults() -> dict:
+    """{key: default} of the FER data arguments (:func:`_add_fer_data_arguments`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    _add_fer_data_arguments(p)
+    return {a.dest: a.default for a in p._actions}
+
+
 def _check_fer_data(args):
     """The FER data keys: registered names, folders given, and only with a FER dataset."""
     from datasets_fer import FER_DATASETS
@@ -214,13 +221,14 @@ def _check_fer_data(args):
                             f"{', '.join(names)}")
         if name and not folder and not args.demo_data:
             raise UserError(f"{name_key}: {name} needs {dir_key}, the folder holding {name}")
-    used = [k for k, default in (("test_dataset", ""), ("ulb_dataset", ""), ("eval_split", "test"),
-                                 ("cache_dir", ""), ("rafdb_image_dir", "aligned")) if getattr(args, k) != default]
+    defaults = _fer_data_defaults()
+    used = [k for k in ("test_dataset", "ulb_dataset", "eval_split", "cache_dir", "rafdb_image_dir")
+            if getattr(args, k) != defaults[k]]
     if used and args.dataset not in FER_DATASETS:
         raise UserError(f"{', '.join(used)} apply to FER datasets only ({', '.join(names)}), not dataset "
                         f"'{args.dataset}'")
     roles = (args.dataset, args.test_dataset, args.ulb_dataset)
-    if args.rafdb_image_dir != "aligned" and "rafdb" not in roles:
+    if args.rafdb_image_dir != defaults["rafdb_image_dir"] and "rafdb" not in roles:
         raise UserError(f"rafdb_image_dir: {args.rafdb_image_dir} selects RAF-DB's image folder, but no dataset of "
                         f"this run is rafdb (dataset, test_dataset, ulb_dataset: {', '.join(r or '-' for r in roles)})")
 
@@ -337,9 +345,10 @@ def _choices_message(choices, value) -> str:
     return f"must be one of {', '.join(map(str, choices))}; got {value!r}"
 
 
-def _closest(key, valid):
+def _closest(key, valid, spell="'{}'".format):
+    """``; did you mean <the closest valid name, spelled>?``, or "" when none is close."""
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else ""
+    return f"; did you mean {spell(match[0])}?" if match else ""
 
 
 def _owner_of(key):
@@ -362,9 +371,8 @@ def _unknown_key(key, valid, origin, algorithm, imb, flag=False, hint=""):
     if owner:
         return UserError(f"{origin}: {noun} {spell(key)} is an option of {owner}, which this run does not use "
                          f"(algorithm: {algorithm}, imb_algorithm: {imb})")
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    closest = f"; did you mean {spell(match[0])}?" if match else ""
-    return UserError(f"{origin}: unknown {noun} {spell(key)}{closest} ({hint} lists the valid {noun}s)")
+    return UserError(f"{origin}: unknown {noun} {spell(key)}{_closest(key, valid, spell)} ({hint} lists the valid "
+                     f"{noun}s)")
 
 
 def _unexpected_argument(extra, valid, algorithm, imb):

@@ -53,6 +53,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from .evaluation import predict
 from .fileio import atomic_output
 from .usb_compat import unwrap
+from .usb_compat.distributed import is_main_process
 
 DIAG_FILE = "diagnostics.jsonl"
 _LOADER_KEY = "_remop_diagnostics"
@@ -180,13 +181,13 @@ def diagnose(algorithm, loader):
     return record
 
 
-def flat_scalars(record, class_names, macro_only=False):
+def flat_scalars(record, class_names):
     """``diag/<prediction>/<measure>[/<class>]`` -> float, for log_dict, TensorBoard and W&B."""
     out = {}
     for head, q in record["pseudo_labels"].items():
         for key, value in q.items():
             if isinstance(value, list):
-                if not macro_only and key != "support":
+                if key != "support":
                     out.update({f"diag/{head}/{key}/{n}": float(v) for n, v in zip(class_names, value)
                                 if v is not None})
             elif key != "threshold":
@@ -197,9 +198,14 @@ def flat_scalars(record, class_names, macro_only=False):
 
 # -- the hook ---------------------------------------------------------------------------------------------------
 
-def _is_main(algorithm):
-    return not algorithm.distributed or algorithm.rank % algorithm.ngpus_per_node == 0
+#: the geometry scalars of the training log line (all of them go to TensorBoard and W&B)
+PROGRESS_GEOMETRY = ("diag/nc_mean_cosine", "diag/nc1")
 
+
+def _in_progress_line(key) -> bool:
+    """A macro measure of a prediction (``diag/<prediction>/<macro_...>``) or one of :data:`PROGRESS_GEOMETRY`."""
+    parts = key.split("/")
+    return (len(parts) == 3 and "macro" in parts[2]) or key in PROGRESS_GEOMETRY
 
 def read_records(path):
     if not os.path.exists(path):
@@ -236,6 +242,9 @@ def diagnostics_loader(algorithm, max_samples, seed):
 class DiagnosticsHook(Hook):
     """Runs :func:`diagnose` every ``every`` iterations and at the last one (main process only)."""
 
+    #: nothing to checkpoint: the settings come from the config, ``records`` is re-read from diagnostics.jsonl
+    checkpoint_attrs = ()
+
     def __init__(self, every, max_samples):
         super().__init__()
         self.every, self.max_samples = every, max_samples
@@ -245,7 +254,7 @@ class DiagnosticsHook(Hook):
         return os.path.join(algorithm.save_dir, algorithm.save_name, DIAG_FILE)
 
     def before_run(self, algorithm):
-        if not _is_main(algorithm):
+        if not is_main_process(algorithm):
             return
         self.loader = diagnostics_loader(algorithm, self.max_samples, algorithm.args.seed)
         if self.loader is None:
@@ -265,10 +274,7 @@ class DiagnosticsHook(Hook):
         names = class_names_of(algorithm)
         scalars = flat_scalars(record, names)
         algorithm.remop_diagnostics = scalars
-        algorithm.log_dict.update(flat_scalars({"pseudo_labels": {h: {k: v for k, v in q.items() if "macro" in k}
-                                                                  for h, q in record["pseudo_labels"].items()},
-                                                "geometry": {k: v for k, v in record["geometry"].items()
-                                                             if k in ("nc_mean_cosine", "nc1")}}, names))
+        algorithm.log_dict.update({k: v for k, v in scalars.items() if _in_progress_line(k)})
         if algorithm.tb_log is not None:
             algorithm.tb_log.update(scalars, algorithm.it)
 

@@ -1,9 +1,27 @@
-"""Files that are either complete or absent: write to a temporary sibling, fsync, rename."""
+"""Files that are either complete or absent: write to a temporary sibling, fsync, rename. And :func:`read_json`,
+the reader of the JSON objects runs and sweeps write (results.json, config.json, sweep.json)."""
 
 import contextlib
 import json
 import os
 import tempfile
+
+from .errors import UserError
+
+
+def read_json(path, what: str) -> dict:
+    """The JSON object in ``path``; a one-line UserError starting ``what: path`` (``what``: the command reading it)
+    when the file cannot be read, is no valid JSON or holds no object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what}: {path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{what}: {path}: cannot be read ({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: {path}: expected a JSON object, got a {type(data).__name__}")
+    return data
 
 
 def write_text_atomic(path, text: str) -> str:

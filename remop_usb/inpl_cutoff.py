@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from .algorithms.inpl import dataset_logits, energy_score, labeled_energies, quantile_cutoff
+from .algorithms.inpl import dataset_logits, energy_score, labeled_energy_cutoff
 from .errors import OneLineArgumentParser, UserError
 
 
@@ -65,8 +65,7 @@ def main(argv) -> int:
         algorithm = build_algorithm(args)
         algorithm.load_model(opts.load_path)
         seed_everything(args.seed)  # the weak views' augmentations: the same figures every time
-        energies = labeled_energies(algorithm, opts.temperature)
-        cutoff = quantile_cutoff(energies, opts.quantile)
+        cutoff, energies = labeled_energy_cutoff(algorithm, opts.quantile, opts.temperature, return_energies=True)
         share, accuracy = unlabeled_at_cutoff(algorithm, cutoff, opts.temperature)
     quality = "no held-back labels" if accuracy is None else f"{100 * accuracy:.1f}% of their pseudo-labels correct"
     print(f"inpl_energy_cutoff: {cutoff:.4f}  (q = {opts.quantile} of {energies.numel()} labeled images' energies, "

@@ -40,7 +40,9 @@ from collections import defaultdict
 import numpy as np
 
 from .errors import UserError
-from .fileio import atomic_output
+from .fileio import atomic_output, read_json, write_text_atomic
+from .results import SPLITS, head_name, reported_heads
+from .runconfig import identity, read_config, setting_name
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
@@ -66,23 +68,9 @@ def find_runs(root):
     return runs
 
 
-def read_json(path):
-    """The JSON object in ``path``; a one-line UserError naming the file when it cannot be read or is no object."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise UserError(f"leaderboard: {path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"leaderboard: {path}: cannot be read ({getattr(err, 'strerror', None) or err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"leaderboard: {path}: expected a JSON object, got a {type(data).__name__}")
-    return data
-
-
 def read_results(path):
     """A run's results.json, which must name its ``primary_head`` (train.py writes it)."""
-    results = read_json(path)
+    results = read_json(path, "leaderboard")
     if not isinstance(results.get("primary_head"), str):
         raise UserError(f"leaderboard: {path}: no 'primary_head' (expected the name of the run's primary head, "
                         f"as train.py writes it)")
@@ -95,8 +83,7 @@ def check_splits(runs):
     by_setting = defaultdict(set)
     for r in runs:
         by_cell[(r["setting"], r["seed"])].append(r)
-        res = r["results"]
-        by_setting[r["setting"]].add((res.get("dataset"), res.get("num_labels"), res.get("lb_imb_ratio")))
+        by_setting[r["setting"]].add(setting_name(r["results"]))
     for (setting, seed), group in sorted(by_cell.items()):
         hashes = {r["results"].get("split_sha256") for r in group}
         if len(hashes) > 1:
@@ -107,34 +94,22 @@ def check_splits(runs):
     for setting, kinds in by_setting.items():
         if len(kinds) > 1:
             raise UserError(f"leaderboard: setting {setting} holds runs of different data settings "
-                            f"(dataset, N1, gamma): {sorted(kinds, key=str)}")
-
-
-SPLITS = ("auto", "eval", "test")
-
-
-def reported_heads(entry, split="auto"):
-    """A checkpoint's per-head reports: on the run's test set (``test_heads``: the cross-dataset test, or the test
-    split when the eval split is ``valid``) or on its eval split (``heads``); ``auto``: the test set when the run
-    has one. None when the run has no such reports."""
-    if split == "test" or (split == "auto" and entry.get("test_heads")):
-        return entry.get("test_heads")
-    return entry.get("heads")
+                            f"(dataset, N1, gamma): {sorted(kinds)}")
 
 
 def pick(results, checkpoint, head, split="auto"):
-    """(overall, mean class) of one run, or the reason it has none."""
+    """The report (overall, mean class and per-class accuracy) of one run's head, or the reason it has none."""
     entry = results.get(checkpoint)
     if not entry:
         return None, f"no {checkpoint} checkpoint"
     heads = reported_heads(entry, split)
     if heads is None:
         return None, f"no {split} set"
-    name = results["primary_head"] if head == "primary" else head
+    name = head_name(results, head)
     report = heads.get(name)
     if report is None:
         return None, f"no head '{name}' (heads: {', '.join(heads)})"
-    return (report["overall_acc"], report["mean_class_acc"]), None
+    return report, None
 
 
 def mean_std(values):
@@ -144,20 +119,22 @@ def mean_std(values):
 
 
 def aggregate(runs, checkpoint, head, split="auto"):
-    """{(method, setting): cell} and the runs left out with their reason."""
-    values, left_out = defaultdict(list), []
+    """{(method, setting): cell} and the runs left out with their reason. A cell: ``seeds`` (sorted), ``n``,
+    ``overall`` and ``mean_class`` (mean, sample std), and ``runs``: the [(run, report)] counted, in ``runs``'
+    order."""
+    counted, left_out = defaultdict(list), []
     for r in runs:
-        pair, reason = pick(r["results"], checkpoint, head, split)
-        if pair is None:
+        report, reason = pick(r["results"], checkpoint, head, split)
+        if report is None:
             left_out.append(f"{r['setting']}/{r['method']}/seed{r['seed']}: {reason}")
         else:
-            values[(r["method"], r["setting"])].append((r["seed"], pair))
+            counted[(r["method"], r["setting"])].append((r, report))
     cells = {}
-    for key, rows in values.items():
-        rows.sort()
+    for key, pairs in counted.items():
+        rows = sorted((r["seed"], (report["overall_acc"], report["mean_class_acc"])) for r, report in pairs)
         overall, mean_class = zip(*(pair for _, pair in rows))
         cells[key] = {"seeds": [s for s, _ in rows], "n": len(rows), "overall": mean_std(overall),
-                      "mean_class": mean_std(mean_class)}
+                      "mean_class": mean_std(mean_class), "runs": pairs}
     return cells, left_out
 
 
@@ -166,8 +143,7 @@ def order(root, runs):
     methods, labels, settings = [], {}, []
     plan_path = os.path.join(root, "sweep.json")
     if os.path.exists(plan_path):
-        with open(plan_path, encoding="utf-8") as f:
-            plan = json.load(f)
+        plan = read_json(plan_path, "leaderboard")
         methods = [m["name"] for m in plan.get("methods", [])]
         labels = {m["name"]: m.get("label", m["name"]) for m in plan.get("methods", [])}
         settings = list(plan.get("settings", []))
@@ -238,32 +214,20 @@ def write_csv(path, rows):
     return path
 
 
-def write_text(path, text):
-    with atomic_output(path, ".md") as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    return path
-
-
-def per_class_plots(root, runs, methods, labels, settings, checkpoint, head, split="auto", stem="leaderboard"):
-    """Per setting, the per-class accuracy of each method (mean over its seeds)."""
+def per_class_plots(root, cells, methods, labels, settings, checkpoint, head, stem="leaderboard"):
+    """Per setting, the per-class accuracy of each method (mean over the seeds counted in its cell)."""
     from .plots import plot_grouped_bars
 
     out = {}
     for s in settings:
         names, bars = None, {}
         for m in methods:
-            per_seed = []
-            for r in runs:
-                if (r["setting"], r["method"]) != (s, m) or pick(r["results"], checkpoint, head, split)[0] is None:
-                    continue
-                res = r["results"]
-                name = res["primary_head"] if head == "primary" else head
-                names = names or res["class_names"]
-                report = reported_heads(res[checkpoint], split)[name]
-                per_seed.append([np.nan if report["per_class_acc"].get(n) is None else report["per_class_acc"][n]
-                                 for n in names])
-            if per_seed:
-                bars[labels[m]] = [float(v) for v in np.nanmean(np.asarray(per_seed, dtype=float), axis=0)]
+            cell = cells.get((m, s))
+            if cell is None:
+                continue
+            names = names or cell["runs"][0][0]["results"]["class_names"]
+            per_seed = [[report["per_class_acc"].get(n) for n in names] for _, report in cell["runs"]]
+            bars[labels[m]] = np.nanmean(np.asarray(per_seed, dtype=float), axis=0).tolist()  # None: NaN
         if bars:
             path = os.path.join(root, f"{stem}_per_class_{s}.png")
             out[s] = plot_grouped_bars(bars, names, f"{s}: per-class test accuracy ({checkpoint}, head {head}), "
@@ -276,29 +240,22 @@ BETA_KEY = "remop_beta"
 BETA_PLOT = "beta.png"
 
 
-def _run_configs(runs, cells):
+def _run_configs(cells):
     """{setting: [(method, config.json)]} of the runs counted in ``cells``; None when one has no config.json or no
     ``remop_beta``."""
-    from .runconfig import CONFIG_FILE
-
     by_setting = defaultdict(list)
-    for r in runs:
-        cell = cells.get((r["method"], r["setting"]))
-        if cell is None or r["seed"] not in cell["seeds"]:
-            continue
-        path = os.path.join(r["path"], CONFIG_FILE)
-        config = read_json(path) if os.path.exists(path) else None
-        if config is None or BETA_KEY not in config:
-            return None
-        by_setting[r["setting"]].append((r["method"], config))
+    for (method, setting), cell in cells.items():
+        for r, _ in cell["runs"]:
+            config = read_config(r["path"], "leaderboard")
+            if config is None or BETA_KEY not in config:
+                return None
+            by_setting[setting].append((method, config))
     return by_setting
 
 
 def _only_beta_differs(rows):
     """{method: beta} when the configs of ``rows`` agree on every identity key but the seed and beta, and each
     method has one beta, distinct from the others'; else None."""
-    from .runconfig import identity
-
     rest = {json.dumps({k: v for k, v in identity(c).items() if k not in ("seed", BETA_KEY)}, sort_keys=True)
             for _, c in rows}
     betas = {}
@@ -311,8 +268,9 @@ def _only_beta_differs(rows):
 def beta_curves(runs, cells):
     """The data of ``beta.png``: {setting: [{beta, method, n, seeds, overall, mean_class}] by beta}, with
     ``overall`` / ``mean_class`` the cells' (mean, sample std) -- when in every setting the rows differ only in
-    ``remop_beta`` (each run's config.json) and some setting has two betas or more; else None."""
-    by_setting = _run_configs(runs, cells)
+    ``remop_beta`` (each run's config.json) and some setting has two betas or more; else None. The runs read are
+    those counted in ``cells``; ``runs`` (all of them) is not needed beside those."""
+    by_setting = _run_configs(cells)
     if not by_setting:
         return None
     curves = {}
@@ -320,8 +278,9 @@ def beta_curves(runs, cells):
         beta_of = _only_beta_differs(rows)
         if beta_of is None:
             return None
-        curves[setting] = sorted(({"beta": beta, "method": m, **cells[(m, setting)]} for m, beta in beta_of.items()),
-                                 key=lambda point: point["beta"])
+        points = ({"beta": beta, "method": m, **{k: v for k, v in cells[(m, setting)].items() if k != "runs"}}
+                  for m, beta in beta_of.items())
+        curves[setting] = sorted(points, key=lambda point: point["beta"])
     return curves if max(len(points) for points in curves.values()) > 1 else None
 
 
@@ -376,12 +335,12 @@ def main(argv=None):
     if left_out:
         table += "\nLeft out: " + "; ".join(left_out) + "\n"
     print(table, end="")
-    write_text(os.path.join(a.dir, f"{stem}.md"), table)
+    write_text_atomic(os.path.join(a.dir, f"{stem}.md"), table)
     write_csv(os.path.join(a.dir, f"{stem}.csv"), csv_rows(cells, methods, labels, settings, a.checkpoint, a.head))
     written = [f"{stem}.md", f"{stem}.csv"]
     if not a.no_plots:
-        written += [os.path.basename(p) for p in per_class_plots(a.dir, runs, methods, labels, settings,
-                                                                 a.checkpoint, a.head, a.split, stem).values()]
+        written += [os.path.basename(p) for p in per_class_plots(a.dir, cells, methods, labels, settings,
+                                                                 a.checkpoint, a.head, stem).values()]
         if curves:
             name = suffix.join(os.path.splitext(BETA_PLOT))
             written.append(os.path.basename(beta_plot(a.dir, curves, settings, a.checkpoint, a.head, name)))

@@ -149,7 +149,6 @@ _COMMENTS = {
     "lb_imb_ratio": "gamma = N1 / N_K",
     "data_dir": "<- the dataset's folder (see README: datasets)",
     "pretrain_path": "<- MS-Celeb-1M ResNet-18 checkpoint",
-    "ema_m": None,
     "uratio": "mu",
     "p_cutoff": "tau",
     "remop_lambda_center": "lambda1",

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from .fileio import atomic_output, write_json_atomic
+from .fileio import atomic_output, read_json, write_json_atomic
 
 BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -128,33 +128,39 @@ def plot_tsne(feat, y, class_names, title, path, seed=0):
     return save_figure(fig, path)
 
 
-def plot_beta_sweep(rows, beta_trained, path):
+def _accuracy_panels(keys, draw, xlabel, title, path, height, **title_kw):
+    """Two panels against beta, overall accuracy left and mean class accuracy right: ``draw(ax, key)`` for each of
+    ``keys`` (the two accuracies' keys in the data), then the axis labels and the legend."""
     plt = _pyplot()
-    betas = [r["beta"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), layout="constrained")
-    for ax, key, label in zip(axes, ("overall_acc", "mean_class_acc"), ("overall accuracy", "mean class accuracy")):
-        ax.plot(betas, [r[key] for r in rows], marker="o")
-        ax.axvline(beta_trained, color="grey", linestyle=":", label=f"trained with beta={beta_trained}")
-        ax.set(xlabel="beta (weight of the linear prediction)", ylabel=f"{label} (%)")
+    fig, axes = plt.subplots(1, 2, figsize=(8, height), layout="constrained")
+    for ax, key, label in zip(axes, keys, ("overall accuracy", "mean class accuracy")):
+        draw(ax, key)
+        ax.set(xlabel=xlabel, ylabel=f"{label} (%)")
         ax.legend(fontsize="small")
-    fig.suptitle("test accuracy of the mixture vs beta (test-time re-weighting)")
+    fig.suptitle(title, **title_kw)
     return save_figure(fig, path)
+
+
+def plot_beta_sweep(rows, beta_trained, path):
+    def draw(ax, key):
+        ax.plot([r["beta"] for r in rows], [r[key] for r in rows], marker="o")
+        ax.axvline(beta_trained, color="grey", linestyle=":", label=f"trained with beta={beta_trained}")
+
+    return _accuracy_panels(("overall_acc", "mean_class_acc"), draw, "beta (weight of the linear prediction)",
+                            "test accuracy of the mixture vs beta (test-time re-weighting)", path, height=3.2)
 
 
 def plot_beta_curves(curves, title, path):
     """Fig. 4: overall and mean class accuracy against the trained beta, mean ± std over seeds, one line per
     setting; ``curves``: {setting: [{beta, overall: (mean, std), mean_class: (mean, std)}]} (std None: one seed)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
-    for ax, key, label in zip(axes, ("overall", "mean_class"), ("overall accuracy", "mean class accuracy")):
+    def draw(ax, key):
         for setting, points in curves.items():
             means = [p[key][0] for p in points]
             stds = [p[key][1] or 0.0 for p in points]
             ax.errorbar([p["beta"] for p in points], means, yerr=stds, marker="o", capsize=3, label=setting)
-        ax.set(xlabel="beta (trained)", ylabel=f"{label} (%)")
-        ax.legend(fontsize="small")
-    fig.suptitle(title, fontsize="medium")
-    return save_figure(fig, path)
+
+    return _accuracy_panels(("overall", "mean_class"), draw, "beta (trained)", title, path, height=3.4,
+                            fontsize="medium")
 
 
 # -- the beta sweep ---------------------------------------------------------------------------------------------
@@ -235,8 +241,6 @@ def write_run_plots(algorithm, save_path, summary, checkpoint="latest_model.pth"
     return out
 
 
-
-
 # -- remop-usb plots RUN_DIR ------------------------------------------------------------------------------------
 
 def rebuild(run_dir):
@@ -247,7 +251,7 @@ def rebuild(run_dir):
     from .errors import UserError
     from .launch import build_algorithm, resolve_device
 
-    config = runconfig.read_config(run_dir)
+    config = runconfig.read_config(run_dir, "plots")
     if config is None:
         raise UserError(f"plots: {run_dir} has no {runconfig.CONFIG_FILE} (a run directory written by train.py)")
     args = argparse.Namespace(**config)
@@ -263,7 +267,6 @@ def rebuild(run_dir):
 def main(argv=None):
     """``remop-usb plots RUN_DIR [--checkpoint last|best]``: (re)draw a finished run's figures, beta sweep included."""
     import argparse
-    import json
 
     from .errors import UserError
 
@@ -278,8 +281,7 @@ def main(argv=None):
     for needed in ("results.json", checkpoint):
         if not os.path.exists(os.path.join(a.run_dir, needed)):
             raise UserError(f"plots: {os.path.join(a.run_dir, needed)} not found (is the run finished?)")
-    with open(os.path.join(a.run_dir, "results.json"), encoding="utf-8") as f:
-        summary = json.load(f)
+    summary = read_json(os.path.join(a.run_dir, "results.json"), "plots")
     out = write_run_plots(rebuild(a.run_dir), a.run_dir, summary, checkpoint)
     print("wrote " + ", ".join(sorted(out.values())))
     return 0

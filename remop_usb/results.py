@@ -19,8 +19,26 @@ import numpy as np
 
 from datasets_fer.labels import class_names
 
-from .evaluation import classification_report, heads_of, output_keys, predict
 from .fileio import write_json_atomic
+from .runconfig import method_name
+
+# .evaluation (torch, scikit-learn) is imported where a run is evaluated: readers of results.json stay cheap
+
+SPLITS = ("auto", "eval", "test")
+
+
+def reported_heads(entry, split="auto"):
+    """A checkpoint's per-head reports: on the run's test set (``test_heads``: the cross-dataset test, or the test
+    split when the eval split is ``valid``) or on its eval split (``heads``); ``auto``: the test set when the run
+    has one. None when the run has no such reports."""
+    if split == "test" or (split == "auto" and entry.get("test_heads")):
+        return entry.get("test_heads")
+    return entry.get("heads")
+
+
+def head_name(summary, head="primary"):
+    """The head ``head`` names in a results.json content: ``primary`` is the run's own primary head."""
+    return summary["primary_head"] if head == "primary" else head
 
 
 def _over_classes(report, classes):
@@ -33,6 +51,8 @@ def _over_classes(report, classes):
 
 
 def _report_heads(algorithm, dest, heads, names, classes=None):
+    from .evaluation import classification_report, output_keys, predict
+
     y_true, outputs = predict(algorithm, dest, output_keys(heads))
     return {name: _over_classes(classification_report(y_true, outputs[key].argmax(axis=1), names), classes)
             for name, key in heads}
@@ -41,6 +61,8 @@ def _report_heads(algorithm, dest, heads, names, classes=None):
 def _evaluate_checkpoint(algorithm, path, names, test_set=None):
     """Load ``path`` (model and EMA model) and report every prediction head on the eval split, and on the test set
     over its shared classes when the run has one: ``{"heads": ..., "test_heads": ...}``."""
+    from .evaluation import heads_of
+
     algorithm.load_model(path)
     heads = heads_of(algorithm)
     entry = {"heads": _report_heads(algorithm, "eval", heads, names)}
@@ -67,6 +89,8 @@ def class_names_of(algorithm):
 
 def summarize(algorithm, save_path):
     """Evaluate latest_model.pth and model_best.pth: the content of results.json."""
+    from .evaluation import heads_of
+
     args = algorithm.args
     names = class_names_of(algorithm)
     eval_split = getattr(args, "eval_split", "test")
@@ -115,7 +139,6 @@ def one_line(summary):
         extra = f" [{test['dataset']} {test['split']}: {heads(entry['test_heads'])}]" if entry.get("test_heads") else ""
         return f"{tag}@{entry['it']} {heads(entry['heads'])}{extra}"
 
-    name = summary["algorithm"] + (f"+{summary['imb_algorithm']}" if summary["imb_algorithm"] else "")
     sha = (summary["split_sha256"] or "-")[:12]
-    return (f"[remop-usb] {name} {summary['dataset']} seed {summary['seed']} split {sha} | "
+    return (f"[remop-usb] {method_name(summary)} {summary['dataset']} seed {summary['seed']} split {sha} | "
             f"{part('best', summary['best'])} | {part('last', summary['last'])} (overall/mean class acc, %)")

@@ -10,8 +10,9 @@ runs and to refuse to resume or reuse a run made with another configuration.
 from __future__ import annotations
 
 import functools
-import json
 import os
+
+from .fileio import read_json
 
 #: keys that do not change what is trained or how it is evaluated
 NON_IDENTITY = frozenset({
@@ -26,18 +27,10 @@ NON_IDENTITY = frozenset({
 CONFIG_FILE = "config.json"
 
 
-def _plain(value):
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return str(value)
-
-
 def snapshot(args) -> dict:
     """Every key of ``args`` as JSON values, sorted by name."""
+    from .config import _plain  # here, not at the top: .config imports USB, and readers of config.json need not
+
     return {k: _plain(v) for k, v in sorted(vars(args).items())}
 
 
@@ -55,7 +48,7 @@ def key_defaults(config: dict) -> dict:
 @functools.lru_cache(maxsize=None)
 def _defaults(algorithm, imb_algorithm, plugins) -> dict:
     from . import registry
-    from .config import build_parser
+    from .config import _plain, build_parser
 
     registry.load(list(plugins))
     parser = build_parser(algorithm, imb_algorithm)
@@ -71,23 +64,28 @@ def differences(expected: dict, found: dict) -> list:
     return [f"{k}: {get(b, k)!r} -> {get(a, k)!r}" for k in sorted(set(a) | set(b)) if get(a, k) != get(b, k)]
 
 
-def read_config(run_dir):
-    """The run's config.json, or None when there is none."""
+def read_config(run_dir, what="remop-usb"):
+    """The run's config.json, or None when there is none; one that cannot be read is a UserError starting
+    ``what`` (the command reading it)."""
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, what)
+
+
+def _getter(config):
+    """``get(key, default=None)`` of a configuration: a dict (config.json, results.json) or an args namespace."""
+    return config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
 
 
 def method_name(config) -> str:
     """``fixmatch`` or ``fixmatch+remop`` (base learner + imbalanced algorithm)."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    get = _getter(config)
     imb = get("imb_algorithm")
     return get("algorithm") + (f"+{imb}" if imb else "")
 
 
 def setting_name(config) -> str:
     """``rafdb-N500-g150``: the dataset and its imbalanced split, the columns of the paper's tables."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    get = _getter(config)
     return f"{get('dataset')}-N{get('num_labels')}-g{get('lb_imb_ratio')}"

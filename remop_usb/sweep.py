@@ -40,17 +40,18 @@ import argparse
 import contextlib
 import fcntl
 import io
-import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import IO, NamedTuple, Optional
 
 from . import runconfig
 from .errors import UserError, where
-from .fileio import write_json_atomic
+from .fileio import read_json, write_json_atomic
 
 GRID_KEYS = ("name", "description", "config", "overrides", "methods", "settings", "seeds")
 METHOD_KEYS = ("label", "config", "overrides")
@@ -105,6 +106,10 @@ class Run:
 
     def state_argv(self):
         return self.argv() + (["--resume", "True"] if self.state == "resume" else ["--overwrite", "True"])
+
+    def command(self):
+        """train.py's command line for this run in its state."""
+        return [sys.executable, TRAIN_PY] + self.state_argv()
 
 
 def _tokens(value):
@@ -235,28 +240,25 @@ def resolve(run):
 _RESULT_FIELDS = ("algorithm", "imb_algorithm", "dataset", "seed", "num_labels", "lb_imb_ratio", "num_train_iter")
 
 
-def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def inspect(run, expected):
     """('done' | 'resume' | 'new' | 'stale', detail) for a run whose resolved configuration is ``expected``."""
-    found = runconfig.read_config(run.run_dir)
+    found = runconfig.read_config(run.run_dir, "sweep")
     results_path = os.path.join(run.run_dir, "results.json")
+    finished = os.path.exists(results_path)
+    checkpointed = os.path.exists(os.path.join(run.run_dir, "latest_model.pth"))
     if found is not None:
         diffs = runconfig.differences(expected, found)
-    elif os.path.exists(results_path):
-        recorded = _read_json(results_path)
+    elif finished:
+        recorded = read_json(results_path, "sweep")
         diffs = [f"{k}: {recorded.get(k)!r} -> {expected.get(k)!r}" for k in _RESULT_FIELDS
                  if recorded.get(k) != expected.get(k)]
     else:
         diffs = []
-    if diffs and (os.path.exists(results_path) or os.path.exists(os.path.join(run.run_dir, "latest_model.pth"))):
+    if diffs and (finished or checkpointed):
         return "stale", ", ".join(diffs)
-    if os.path.exists(results_path):
+    if finished:
         return "done", ""
-    if os.path.exists(os.path.join(run.run_dir, "latest_model.pth")):
+    if checkpointed:
         return "resume", ""
     return "new", ""
 
@@ -289,9 +291,9 @@ def result_text(run_dir):
     path = os.path.join(run_dir, "results.json")
     if not os.path.exists(path):
         return "no results.json"
-    from .leaderboard import reported_heads
+    from .results import reported_heads
 
-    res = _read_json(path)
+    res = read_json(path, "sweep")
     head = res["primary_head"]
     parts = []
     for which in ("best", "last"):
@@ -307,6 +309,15 @@ def _line(run, total, status, seconds=None, result=""):
     print(f"[{run.index}/{total}] {run.name:<40} {status:<9} {took:>9}  {result}".rstrip(), flush=True)
 
 
+class Active(NamedTuple):
+    """A started run: its GPU slot, train.py process, open log and start time."""
+    gpu: Optional[str]
+    run: Run
+    proc: subprocess.Popen
+    log: IO[str]
+    started: float
+
+
 def _start(run, gpu):
     env = dict(os.environ)
     if gpu is not None:
@@ -314,12 +325,11 @@ def _start(run, gpu):
     os.makedirs(run.save_dir, exist_ok=True)
     log = open(run.log_path, "a", encoding="utf-8")
     on = f" CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state}{on}: {sys.executable} {TRAIN_PY} "
-              f"{' '.join(run.state_argv())}\n")
+    command = run.command()
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state}{on}: {shlex.join(command)}\n")
     log.flush()
-    proc = subprocess.Popen([sys.executable, TRAIN_PY] + run.state_argv(), stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
-    return proc, log, time.time()
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return Active(gpu, run, proc, log, time.time())
 
 
 class Stopped(Exception):
@@ -342,20 +352,22 @@ def _handling(signums, handler):
 
 
 def _stop(active, err):
-    """Stop the running train.py processes: the stop signal forwarded (SIGTERM for Ctrl-C or an error), each waited
-    for (killed after :data:`STOP_TIMEOUT` s); further stop signals are ignored meanwhile."""
+    """Stop the running train.py processes: the stop signal forwarded (SIGTERM for Ctrl-C or an error), all waited
+    for (those still running :data:`STOP_TIMEOUT` s after the signal are killed); further stop signals are ignored
+    meanwhile."""
     signum = err.signum if isinstance(err, Stopped) else signal.SIGTERM
     with _handling(STOP_SIGNALS + (signal.SIGINT,), signal.SIG_IGN):
-        for gpu, run, proc, log, started in active.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
-        for gpu, run, proc, log, started in active.values():
+        for a in active.values():
+            if a.proc.poll() is None:
+                a.proc.send_signal(signum)
+        deadline = time.monotonic() + STOP_TIMEOUT  # for all of them together
+        for a in active.values():
             try:
-                proc.wait(STOP_TIMEOUT)
+                a.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+                a.proc.kill()
+                a.proc.wait()
+            a.log.close()
 
 
 def execute(runs, gpus, poll_seconds=1.0):
@@ -372,10 +384,9 @@ def execute(runs, gpus, poll_seconds=1.0):
         with _handling(STOP_SIGNALS, lambda signum, frame: stop.append(signum)):
             while (pending or active) and not stop:
                 while pending and len(active) < len(slots) and not stop:
-                    gpu = next(s for s in slots if s not in {g for g, *_ in active.values()})
+                    gpu = next(s for s in slots if s not in {a.gpu for a in active.values()})
                     run = pending.pop(0)
-                    proc, log, started = _start(run, gpu)
-                    active[run.index] = (gpu, run, proc, log, started)
+                    active[run.index] = _start(run, gpu)
                     on = f" on GPU {gpu}" if gpu is not None else ""
                     _line(run, total, "started", None, f"{'resuming' if run.state == 'resume' else 'new'}{on}, "
                                                        f"log {run.log_path}")
@@ -391,15 +402,15 @@ def execute(runs, gpus, poll_seconds=1.0):
 
 def _collect(active, failed, total):
     """Report the runs of ``active`` that have ended, removing them (the failed ones are added to ``failed``)."""
-    for index in [i for i, (_, _, proc, _, _) in active.items() if proc.poll() is not None]:
-        gpu, run, proc, log, started = active.pop(index)
-        log.close()
-        took = time.time() - started
-        if proc.returncode == 0:
-            _line(run, total, "done", took, result_text(run.run_dir))
+    for index in [i for i, a in active.items() if a.proc.poll() is not None]:
+        a = active.pop(index)
+        a.log.close()
+        took = time.time() - a.started
+        if a.proc.returncode == 0:
+            _line(a.run, total, "done", took, result_text(a.run.run_dir))
         else:
-            failed.append(run)
-            _line(run, total, "failed", took, f"exit status {proc.returncode}, see {run.log_path}")
+            failed.append(a.run)
+            _line(a.run, total, "failed", took, f"exit status {a.proc.returncode}, see {a.run.log_path}")
 
 
 # -- one sweep per output folder --------------------------------------------------------------------------------
@@ -526,8 +537,7 @@ def main(argv=None):
         if a.dry_run:
             for run in runs:
                 note = f" ({run.detail})" if run.detail else ""
-                print(f"[{run.index}/{len(runs)}] {run.name}: {run.state}{note}\n    "
-                      f"{sys.executable} {TRAIN_PY} {' '.join(run.state_argv())}")
+                print(f"[{run.index}/{len(runs)}] {run.name}: {run.state}{note}\n    {shlex.join(run.command())}")
             return 0
         write_plan(grid, a.grid, a.out, runs)
         _prepare_demo_data(runs)

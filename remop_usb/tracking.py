@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from semilearn.core.hooks import Hook
 
 from . import runconfig
 from .errors import UserError
-from .fileio import write_json_atomic
+from .fileio import read_json, write_json_atomic
+from .usb_compat.distributed import is_main_process
 
 HOOK_NAME = "WandbTrackingHook"
 RUN_ID_FILE = "wandb_run.json"
@@ -45,19 +47,13 @@ def tags_of(args):
     return list(dict.fromkeys([runconfig.method_name(args)] + extra))
 
 
-def _is_main(algorithm):
-    return not algorithm.distributed or algorithm.rank % algorithm.ngpus_per_node == 0
-
-
 def _run_id(save_path, resume):
     """The run's W&B id, kept in the save dir so that a resumed training run continues the same W&B run."""
-    import json
     import secrets
 
     path = os.path.join(save_path, RUN_ID_FILE)
     if resume and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)["id"]
+        return read_json(path, "use_wandb")["id"]
     run_id = secrets.token_hex(4)  # W&B ids: lowercase letters and digits
     write_json_atomic(path, {"id": run_id})
     return run_id
@@ -66,7 +62,7 @@ def _run_id(save_path, resume):
 def start_run(args, save_path):
     import wandb
 
-    config = runconfig.read_config(save_path) or runconfig.snapshot(args)
+    config = runconfig.read_config(save_path, "use_wandb") or runconfig.snapshot(args)
     group, method = group_of(args), runconfig.method_name(args)
     config.update(split_sha256=getattr(args, "split_sha256", None), setting=group, method=method)
     try:
@@ -83,14 +79,15 @@ def _scalars(values):
 
 
 class WandbTrackingHook(Hook):
-    """Registered by USB in place of its WANDBHook when ``use_wandb: True`` (see ``usb_compat/wandb.py``)."""
+    """Registered by USB in place of its WANDBHook when ``use_wandb: True`` (see ``usb_compat/wandb.py``). Nothing
+    happens after the run: the W&B run stays open until :func:`finish` has results.json's figures."""
 
     def __init__(self):
         super().__init__()
         self.run = None
 
     def before_run(self, algorithm):
-        if _is_main(algorithm):
+        if is_main_process(algorithm):
             self.run = start_run(algorithm.args, os.path.join(algorithm.save_dir, algorithm.save_name))
 
     def after_train_step(self, algorithm):
@@ -108,13 +105,10 @@ class WandbTrackingHook(Hook):
         if values:
             self.run.log(values, step=step)
 
-    def after_run(self, algorithm):
-        """Nothing: the run stays open until :func:`finish` has results.json's figures."""
-
 
 def summary_values(summary):
     """The W&B summary of a results.json content (see the module docstring)."""
-    from .leaderboard import reported_heads
+    from .results import reported_heads
 
     out = {"split_sha256": summary.get("split_sha256")}
     primary = summary["primary_head"]
@@ -137,12 +131,10 @@ def summary_values(summary):
 
 
 def _confusion_lists(matrix):
-    y_true, preds = [], []
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            y_true += [i] * count
-            preds += [j] * count
-    return y_true, preds
+    """(y_true, preds), lists of ints, with each (true, predicted) pair as often as the confusion matrix counts it."""
+    cm = np.asarray(matrix, dtype=np.int64).reshape(len(matrix), len(matrix))
+    k = len(cm)
+    return np.repeat(np.arange(k), cm.sum(1)).tolist(), np.repeat(np.tile(np.arange(k), k), cm.ravel()).tolist()
 
 
 def _tables(summary):
@@ -167,7 +159,7 @@ def _tables(summary):
     return logged
 
 
-def finish(algorithm, summary, figures=None, exit_code=0):
+def finish(algorithm, summary, figures=None):
     """Write the summary, tables and images of a finished run and close its W&B run (no-op without W&B)."""
     hook = algorithm.hooks_dict.get(HOOK_NAME)
     if hook is None or hook.run is None:
@@ -180,4 +172,4 @@ def finish(algorithm, summary, figures=None, exit_code=0):
         logged = _tables(summary)
         logged.update({f"plots/{name}": wandb.Image(path) for name, path in (figures or {}).items()})
         run.log(logged)
-    run.finish(exit_code=exit_code)
+    run.finish(exit_code=0)

@@ -1,8 +1,11 @@
 """Shared fixtures: a small synthetic RAF-DB written once per test session (the generator is deterministic)."""
 
+import contextlib
+import copy
 import os
 import tempfile
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -33,14 +36,42 @@ def train_argv(data_dir, save_dir, config="config/demo/remop_fixmatch.yaml", **o
     return argv
 
 
-def build_for(data_dir, save_dir, config="config/demo/remop_fixmatch.yaml", **overrides):
-    """The algorithm object a few-iteration run of ``config`` would train (models placed, loaders built)."""
+def build_for(data_dir, save_dir, config="config/demo/remop_fixmatch.yaml", seed=False, **overrides):
+    """The algorithm object a few-iteration run of ``config`` would train (models placed, loaders built); with
+    ``seed``, the global RNGs are seeded with the run's seed first, as train.py does (identical weights each build)."""
     from remop_usb.config import parse_args
-    from remop_usb.launch import build_algorithm, resolve_device
+    from remop_usb.launch import build_algorithm, resolve_device, seed_everything
 
     args = parse_args(train_argv(data_dir, save_dir, config=config, **{"save_name": "alg", **overrides}))
     resolve_device(args)
+    if seed:
+        seed_everything(args.seed)
     return build_algorithm(args)
+
+
+@contextlib.contextmanager
+def restored(algorithm):
+    """Undo, on leaving, what a test did to a shared algorithm's weights and buffers (model, EMA model, EMA shadow)
+    and to its tensor, number and string attributes -- so module-scoped algorithms give results independent of the
+    order tests run in."""
+    import torch
+
+    models = {name: copy.deepcopy(getattr(algorithm, name).state_dict()) for name in ("model", "ema_model")}
+    shadow = copy.deepcopy(getattr(getattr(algorithm, "ema", None), "shadow", None))
+    plain = (torch.Tensor, int, float, bool, str, type(None))
+    attributes = {k: copy.deepcopy(v) for k, v in vars(algorithm).items() if isinstance(v, plain)}
+    try:
+        yield algorithm
+    finally:
+        for name, state in models.items():
+            getattr(algorithm, name).load_state_dict(state)
+        if shadow is not None:
+            for key, value in shadow.items():
+                algorithm.ema.shadow[key].data.copy_(value)
+        for key in [k for k, v in vars(algorithm).items() if isinstance(v, plain) and k not in attributes]:
+            delattr(algorithm, key)
+        for key, value in attributes.items():
+            setattr(algorithm, key, value)
 
 
 def one_batch(algorithm):
@@ -62,6 +93,53 @@ def step_on(algorithm, batch):
     algorithm.out_dict, algorithm.log_dict = algorithm.train_step(**batch)
     algorithm.call_hook("after_train_step", "ParamUpdateHook")
     return algorithm.out_dict, algorithm.log_dict
+
+
+@pytest.fixture(scope="session")
+def demo_split_sha256(tiny_rafdb):
+    """The sha256 of the split ``train_argv``'s keys ask for on ``tiny_rafdb`` (rafdb, K = 7, N1 = 20, gamma = 10,
+    seed 0, labeled images not in the unlabeled set), computed from the labels alone."""
+    from datasets_fer import FER_DATASETS
+    from datasets_fer.split import make_split
+
+    index = FER_DATASETS["rafdb"](tiny_rafdb)
+    return make_split("rafdb", index.train_labels, 7, 20, 10, 0, include_lb_to_ulb=False).sha256
+
+
+def one_line_error(fn, *args, **kwargs):
+    """The message of the ``UserError`` that ``fn(*args, **kwargs)`` raises, checked to be one line without
+    leading or trailing whitespace."""
+    from remop_usb.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and msg == msg.strip(), repr(msg)
+    return msg
+
+
+def config_error(tmp_path, text, name="c.yaml"):
+    """(path, message): ``text`` written as the YAML config ``name`` under ``tmp_path``, and the one-line
+    ``UserError`` message ``parse_args(["--c", path])`` refuses it with."""
+    from remop_usb.config import parse_args
+
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path), one_line_error(parse_args, ["--c", str(path)])
+
+
+def check_report_accuracies(report, class_names):
+    """Assert a results.json head report's accuracies (percent) against its own confusion matrix (rows: true class),
+    recomputed here: overall = trace / total, per class = diagonal / row sum (None for a class without test images),
+    mean class = the mean over the classes with test images. Returns the matrix."""
+    cf = np.array(report["confusion_matrix"])
+    assert cf.shape == (len(class_names), len(class_names))
+    assert report["num_samples"] == cf.sum()
+    assert report["overall_acc"] == pytest.approx(100 * np.trace(cf) / cf.sum())
+    per_class = [100 * cf[c, c] / cf[c].sum() if cf[c].sum() else None for c in range(len(class_names))]
+    assert [report["per_class_acc"][n] for n in class_names] == pytest.approx(per_class)
+    assert report["mean_class_acc"] == pytest.approx(np.mean([a for a in per_class if a is not None]))
+    return cf
 
 
 def demo_configs():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import train_argv
+from conftest import build_for, train_argv
 from remop_usb import registry
 from remop_usb.launch import main
 
@@ -137,13 +137,19 @@ def _thresholds_logged(save_dir, name):
 @pytest.mark.parametrize("usb_bugs", [False, True])
 def test_demo_config_trains(tiny_rafdb, tmp_path, usb_bugs):
     name = f"adsh_{usb_bugs}"
-    argv = train_argv(tiny_rafdb, tmp_path, config="config/demo/adsh.yaml", save_name=name, num_train_iter=4,
+    built = build_for(tiny_rafdb, tmp_path / "built", config="config/demo/adsh.yaml", adsh_usb_bugs=usb_bugs)
+    masking_hook = type(built.hooks_dict["MaskingHook"])
+    del built
+    # two epochs of one iteration each: two refits
+    argv = train_argv(tiny_rafdb, tmp_path, config="config/demo/adsh.yaml", save_name=name, num_train_iter=2,
                       epoch=2, num_eval_iter=2, adsh_usb_bugs=usb_bugs)
     assert main(argv) == 0
     logged = _thresholds_logged(tmp_path, name)
     if usb_bugs:
-        assert logged == []  # USB's hook, which logs nothing
+        assert masking_hook is AdaptiveThresholdingHook  # USB 0.3.2's own hook, unchanged ...
+        assert logged == []  # ... which logs nothing
     else:
+        assert masking_hook is AdaptiveThresholds
         assert len(logged) == 2  # one refit per epoch
         assert all(0 < t <= 1 for row in logged for t in row) and all(len(row) == 7 for row in logged)
 

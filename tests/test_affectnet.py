@@ -1,11 +1,13 @@
 """AffectNet index: both layouts (hand-written lists / npy files and the synthetic writer), codes 8-10 dropped,
 7 vs 8 classes, the index cache, and the one-line errors. Images are empty files: the reader never opens them."""
 
+import functools
 import os
 
 import numpy as np
 import pytest
 
+from conftest import one_line_error
 import datasets_fer.affectnet as an
 from datasets_fer import FER_DATASETS
 from datasets_fer.affectnet import read_affectnet, read_expression_npy
@@ -47,12 +49,7 @@ def write_lists(root, train=TRAIN, val=VAL, lists_dir="Manually_Annotated_file_l
     return root
 
 
-def error_of(root, **kwargs):
-    with pytest.raises(UserError) as info:
-        read_affectnet(root, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg and msg == msg.strip()
-    return msg
+error_of = functools.partial(one_line_error, read_affectnet)
 
 
 def rels(paths, root, sub="Manually_Annotated_Images"):

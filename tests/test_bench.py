@@ -15,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_json(capsys):
-    argv = ["bench", "--device", "cpu", "--json", "--img_size", "32", "--batch_size", "4", "--steps", "2",
-            "--warmup", "1", "--batches", "2", "--loader_batches", "2", "--num_images", "140", "--num_workers", "0"]
+    argv = ["bench", "--device", "cpu", "--json", "--img_size", "32", "--batch_size", "4", "--steps", "1",
+            "--warmup", "1", "--batches", "1", "--loader_batches", "1", "--num_images", "140", "--num_workers", "0"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["device"] == "cpu" and out["img_size"] == 32 and out["batch_size"] == 4

@@ -6,19 +6,9 @@ import os
 import pytest
 import torch
 
-from conftest import train_argv
-from remop_usb.errors import UserError
+from conftest import build_for, one_line_error, train_argv
 from remop_usb.launch import main
 from remop_usb.usb_compat import checkpointing
-
-
-def _build(data_dir, save_dir, **overrides):
-    from remop_usb.config import parse_args
-    from remop_usb.launch import build_algorithm, resolve_device
-
-    args = parse_args(train_argv(data_dir, save_dir, **overrides))
-    resolve_device(args)
-    return build_algorithm(args)
 
 
 def _save_untrained(algorithm, folder):
@@ -38,13 +28,7 @@ def trained(tiny_rafdb, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def remop(tiny_rafdb, tmp_path_factory):
-    return _build(tiny_rafdb, tmp_path_factory.mktemp("remop"), save_name="remop")
-
-
-def _one_line(err):
-    text = str(err)
-    assert "\n" not in text
-    return text
+    return build_for(tiny_rafdb, tmp_path_factory.mktemp("remop"), save_name="remop")
 
 
 def test_a_finished_run_leaves_complete_checkpoints_and_no_temporaries(trained):
@@ -82,10 +66,8 @@ def test_truncated_latest_falls_back_to_the_previous_checkpoint(trained, remop, 
 def test_damaged_latest_and_previous_name_the_latest(remop, tmp_path):
     (tmp_path / "latest_model.pth").write_bytes(os.urandom(4096))
     (tmp_path / "latest_model.prev.pth").write_bytes(b"")
-    with pytest.raises(UserError) as err:
-        remop.load_model(str(tmp_path / "latest_model.pth"))
-    assert _one_line(err.value).startswith(f"checkpoint {tmp_path / 'latest_model.pth'} is unreadable: truncated or "
-                                           f"not a PyTorch checkpoint (")
+    assert one_line_error(remop.load_model, str(tmp_path / "latest_model.pth")).startswith(
+        f"checkpoint {tmp_path / 'latest_model.pth'} is unreadable: truncated or not a PyTorch checkpoint (")
 
 
 @pytest.mark.parametrize("content,expected", [
@@ -94,31 +76,26 @@ def test_damaged_latest_and_previous_name_the_latest(remop, tmp_path):
 ])
 def test_a_file_that_is_no_usb_checkpoint(remop, tmp_path, content, expected):
     torch.save(content, tmp_path / "x.pth")
-    with pytest.raises(UserError) as err:
-        remop.load_model(str(tmp_path / "x.pth"))
-    assert _one_line(err.value).startswith(f"checkpoint {tmp_path / 'x.pth'} {expected}")
+    message = one_line_error(remop.load_model, str(tmp_path / "x.pth"))
+    assert message.startswith(f"checkpoint {tmp_path / 'x.pth'} {expected}")
 
 
 def test_a_checkpoint_of_another_net_names_the_first_mismatched_tensor(tiny_rafdb, remop, tmp_path):
-    other = _build(tiny_rafdb, tmp_path, save_name="wrn", net="wrn_28_2")
+    other = build_for(tiny_rafdb, tmp_path, save_name="wrn", net="wrn_28_2")
     path = _save_untrained(other, tmp_path / "wrn")
     theirs, ours = other.model.state_dict(), remop.model.state_dict()
     first = next(k for k, t in ours.items() if k not in theirs or theirs[k].shape != t.shape)
-    with pytest.raises(UserError) as err:
-        remop.load_model(path)
-    message = _one_line(err.value)
+    message = one_line_error(remop.load_model, path)
     assert message.startswith(f"checkpoint {path} ")
     assert f"model tensor '{first}'" in message
     assert "net resnet18_fer (the checkpoint's net is wrn_28_2)" in message
 
 
 def test_a_checkpoint_of_another_algorithm_is_refused(tiny_rafdb, remop, tmp_path):
-    other = _build(tiny_rafdb, tmp_path, config="config/demo/fixmatch.yaml", save_name="fixmatch")
+    other = build_for(tiny_rafdb, tmp_path, config="config/demo/fixmatch.yaml", save_name="fixmatch")
     path = _save_untrained(other, tmp_path / "fixmatch")
-    with pytest.raises(UserError) as err:
-        remop.load_model(path)
-    assert _one_line(err.value) == (f"checkpoint {path} was written by algorithm fixmatch, expected a checkpoint of "
-                                     f"fixmatch+remop")
+    assert one_line_error(remop.load_model, path) == (
+        f"checkpoint {path} was written by algorithm fixmatch, expected a checkpoint of fixmatch+remop")
 
 
 def test_resume_from_an_explicit_foreign_checkpoint_is_one_line(tiny_rafdb, trained, tmp_path, capsys):
@@ -140,8 +117,8 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "latest_model.pth"
     checkpointing.atomic_save({"it": 1, "w": torch.arange(10)}, path, keep_previous=True)
     before = path.read_bytes()
-    with pytest.raises(Exception):
-        checkpointing.atomic_save({"it": 2, "bad": lambda: None}, path, keep_previous=True)  # unpicklable
+    with pytest.raises(AttributeError, match=r"^Can't pickle local object '.*<locals>\.<lambda>'$"):  # unpicklable
+        checkpointing.atomic_save({"it": 2, "bad": lambda: None}, path, keep_previous=True)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["latest_model.pth"]
 
@@ -172,3 +149,31 @@ def test_resume_without_latest_uses_the_previous_checkpoint(tiny_rafdb, trained,
     assert f"using the previous one, {run_dir / 'latest_model.prev.pth'}" in err
     assert "Model loaded" in (run_dir / "log.txt").read_text()
     assert torch.load(run_dir / "latest_model.pth", weights_only=False)["it"] == 3
+
+
+def test_hook_state_is_what_a_hook_declares_else_its_numbers():
+    from types import SimpleNamespace
+
+    class Declaring:
+        checkpoint_attrs = ("margins",)
+
+        def __init__(self):
+            self.margins, self.every, self.records = torch.tensor([0.5, 0.7]), 10, [{"it": 1}]
+
+    class Undeclared:
+        def __init__(self):
+            self.rho, self.count, self.name, self.fn = torch.tensor([1.0]), 3, "dash", print
+
+    algorithm = SimpleNamespace(hooks_dict={"M": Declaring(), "U": Undeclared()})
+    state = checkpointing.hook_state(algorithm)
+    assert state.keys() == {"M", "U"}
+    assert list(state["M"]) == ["margins"]  # not the setting `every`, not the log `records`
+    assert sorted(state["U"]) == ["count", "rho"]  # tensors and numbers; not the string or the function
+    assert torch.equal(state["M"]["margins"], torch.tensor([0.5, 0.7]))
+
+    fresh = SimpleNamespace(hooks_dict={"M": Declaring(), "U": Undeclared()})
+    fresh.hooks_dict["M"].every = 20  # a changed setting of a declaring hook survives the restore
+    checkpointing.restore_hook_state(fresh, {"M": {"margins": torch.tensor([0.1, 0.2]), "every": 10},
+                                             "U": {"rho": torch.tensor([2.0]), "count": 4}})
+    assert torch.equal(fresh.hooks_dict["M"].margins, torch.tensor([0.1, 0.2])) and fresh.hooks_dict["M"].every == 20
+    assert torch.equal(fresh.hooks_dict["U"].rho, torch.tensor([2.0])) and fresh.hooks_dict["U"].count == 4

@@ -1,12 +1,13 @@
 """CK+ with the 636-image protocol: frame selection on crafted trees (empty files: the reader never opens images)."""
 
+import functools
 import os
 
 import pytest
 
+from conftest import one_line_error
 from datasets_fer import FER_DATASETS
 from datasets_fer.ckplus import read_ckplus
-from remop_usb.errors import UserError
 
 
 def seq(root, subject, number, frames, emotion=None, value=None, extra=()):
@@ -41,12 +42,7 @@ def image(root, subject, number, frame):
     return os.path.join(str(root), "cohn-kanade-images", subject, number, f"{subject}_{number}_{frame:08d}.png")
 
 
-def error_of(root, **kwargs):
-    with pytest.raises(UserError) as info:
-        read_ckplus(root, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg
-    return msg
+error_of = functools.partial(one_line_error, read_ckplus)
 
 
 def test_frame_selection_by_hand(tmp_path):

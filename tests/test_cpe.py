@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import build_for, one_batch, train_argv
+from conftest import build_for, one_batch, restored, train_argv
 from remop_usb.algorithms.cpe import (
     CPE,
     EXPERTS,
@@ -74,8 +74,9 @@ def test_branch_consistency_loss_by_hand():
 
 def test_one_expert_loss_by_hand():
     # three classes with counts 5, 3, 2 (ranks 0, 1, 2), cuts 0, 1, 2, the tau = 2 expert
-    host = SimpleNamespace(log_pi=log_prior(torch.tensor([5.0, 3.0, 2.0])), taus=(0.0, 2.0, 4.0), p_cutoff=0.95,
-                           ranks=torch.tensor([0, 1, 2]), cuts=(0, 1, 2),
+    log_pi = log_prior(torch.tensor([5.0, 3.0, 2.0]))
+    host = SimpleNamespace(adjustments=torch.stack([logit_adjustment(log_pi, t) for t in (0.0, 2.0, 4.0)]),
+                           p_cutoff=0.95, ranks=torch.tensor([0, 1, 2]), cuts=(0, 1, 2),
                            compute_prob=lambda z: torch.softmax(z, dim=-1))
     lb = torch.zeros(1, 3, 3)  # one labeled sample of class 2, every branch logit 0
     weak = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 10.0], [1.0, 0.0, 0.0]]).unsqueeze(1).repeat(1, 3, 1)
@@ -149,8 +150,15 @@ def test_experts_are_means_of_their_branch_logits():
 # -- inside USB ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def alg(tiny_rafdb, tmp_path_factory):
+def shared_alg(tiny_rafdb, tmp_path_factory):
     return build(tiny_rafdb, tmp_path_factory.mktemp("cpe"))
+
+
+@pytest.fixture
+def alg(shared_alg):
+    """The module's algorithm, its weights and attributes put back after each test."""
+    with restored(shared_alg):
+        yield shared_alg
 
 
 def test_prior_ranks_and_test_expert_of_a_built_algorithm(alg, tiny_rafdb, tmp_path):
@@ -167,8 +175,8 @@ def test_prior_ranks_and_test_expert_of_a_built_algorithm(alg, tiny_rafdb, tmp_p
     assert torch.isfinite(out["loss"]) and out["feat"]["x_ulb_s"].shape == (4, 512)
 
 
-def test_losses_finite_with_no_confident_sample_and_classes_absent(alg):
-    alg.p_cutoff = 1.5  # nothing can be confident
+def test_losses_finite_with_no_confident_sample_and_classes_absent(alg, monkeypatch):
+    monkeypatch.setattr(alg, "p_cutoff", 1.5)  # nothing can be confident
     batch = one_batch(alg)
     assert len(set(batch["y_lb"].tolist())) < 7  # some classes are absent from this labeled batch
     out, log = alg.train_step(**batch)
@@ -178,7 +186,7 @@ def test_losses_finite_with_no_confident_sample_and_classes_absent(alg):
     out["loss"].backward()
     grads = [p.grad for p in alg.model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    alg.p_cutoff = 0.0  # everything confident: the unlabeled loss is on
+    monkeypatch.setattr(alg, "p_cutoff", 0.0)  # everything confident: the unlabeled loss is on
     out, log = alg.train_step(**batch)
     assert log["train/cpe_uniform_mask"] == 1.0 and log["train/cpe_uniform_unsup_loss"] > 0
     assert math.isfinite(log["train/total_loss"])
@@ -194,17 +202,14 @@ def test_cpe_options_are_checked(tiny_rafdb, tmp_path):
         build(tiny_rafdb, tmp_path, cpe_test_expert="median")
 
 
-def test_train_py_reports_the_test_expert_first(tiny_rafdb, tmp_path):
-    from datasets_fer import FER_DATASETS
-    from datasets_fer.split import make_split
-
-    assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/cpe.yaml", save_name="cpe")) == 0
+def test_train_py_reports_the_test_expert_first(tiny_rafdb, tmp_path, demo_split_sha256):
+    assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/cpe.yaml", save_name="cpe", num_train_iter=1,
+                           num_eval_iter=1)) == 0
     with open(os.path.join(tmp_path, "cpe", "results.json")) as f:
         res = json.load(f)
     assert (res["algorithm"], res["imb_algorithm"], res["primary_head"]) == ("fixmatch", "cpe", "uniform")
     assert list(res["last"]["heads"]) == ["uniform", "long_tailed", "inverse"]
-    index = FER_DATASETS["rafdb"](tiny_rafdb)
-    assert res["split_sha256"] == make_split("rafdb", index.train_labels, 7, 20, 10, 0, include_lb_to_ulb=False).sha256
+    assert res["split_sha256"] == demo_split_sha256
 
 
 def test_evaluation_predicts_with_the_test_expert(alg):

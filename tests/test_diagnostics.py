@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import train_argv
+from conftest import build_for, train_argv
 from remop_usb.diagnostics import centers_mean_cosine, flat_scalars, neural_collapse, pseudo_label_quality
 from remop_usb.launch import main
 
@@ -114,17 +114,24 @@ def test_flat_scalars_name_every_class():
 def test_the_hook_in_a_supervised_run(tiny_rafdb, tmp_path):
     """Every method gets the geometry; a learner without a confidence threshold gets no mask figures."""
     assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/supervised.yaml", save_name="sup",
-                           num_train_iter=4, num_eval_iter=4, diag_every=2, diag_max_samples=50,
+                           num_train_iter=2, num_eval_iter=2, diag_every=1, diag_max_samples=50,
                            diagnostics=True)) == 0
     path = os.path.join(tmp_path, "sup", "diagnostics.jsonl")
     records = [json.loads(line) for line in open(path)]
-    assert [r["it"] for r in records] == [2, 4]
+    assert [r["it"] for r in records] == [1, 2]
+    # the subset by hand: 50 of the run's unlabeled images, drawn without replacement with the run's seed (0)
+    targets = np.asarray(build_for(tiny_rafdb, tmp_path / "built", config="config/demo/supervised.yaml")
+                         .dataset_dict["train_ulb"].targets)
+    subset = targets[np.sort(np.random.default_rng(0).choice(len(targets), size=50, replace=False))]
+    present = len(np.unique(subset))
+    assert 2 <= present < 7  # a rare class is missing from this subset: K counts the classes present
     for r in records:
         assert r["num_samples"] == 50
         assert list(r["pseudo_labels"]) == ["linear"]
         assert "mask_rate" not in r["pseudo_labels"]["linear"]
-        assert sum(r["pseudo_labels"]["linear"]["support"]) == 50
-        assert r["geometry"]["nc_etf_cosine"] == pytest.approx(-1 / (r["geometry"]["nc_classes"] - 1))
+        assert r["pseudo_labels"]["linear"]["support"] == np.bincount(subset, minlength=7).tolist()
+        assert r["geometry"]["nc_classes"] == present
+        assert r["geometry"]["nc_etf_cosine"] == pytest.approx(-1 / (present - 1))
     log = open(os.path.join(tmp_path, "sup", "log.txt")).read()
     assert "diag/linear/macro_f1" in log and "diag/nc1" in log
 

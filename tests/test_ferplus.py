@@ -1,6 +1,7 @@
 """FERPlus index: Microsoft's majority vote, both layouts (hand-written CSVs and the synthetic writer), the
 decoded-image cache, and the one-line errors."""
 
+import functools
 import os
 from collections import Counter
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_line_error
 import datasets_fer.ferplus as fp
 from datasets_fer import FER_DATASETS
 from datasets_fer.ferplus import NO_MAJORITY, NOT_FACE, UNKNOWN, majority_vote, read_ferplus
@@ -92,12 +94,7 @@ def write_folders(root, rows=ROWS, splits=("FER2013Train", "FER2013Valid", "FER2
     return root
 
 
-def error_of(root, **kwargs):
-    with pytest.raises(UserError) as info:
-        read_ferplus(root, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg and msg == msg.strip()
-    return msg
+error_of = functools.partial(one_line_error, read_ferplus)
 
 
 def expected(usage, num_classes=8):

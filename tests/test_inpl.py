@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import build_for, one_batch, train_argv
+from conftest import build_for, one_batch, restored, train_argv
 from remop_usb.algorithms.inpl import (
     MarginalConsistencyLoss,
     ema_class_marginal,
@@ -25,8 +25,15 @@ def build(data_dir, save_dir, config="config/demo/inpl.yaml", **overrides):
 
 
 @pytest.fixture(scope="module")
-def alg(tiny_rafdb, tmp_path_factory):
+def shared_alg(tiny_rafdb, tmp_path_factory):
     return build(tiny_rafdb, tmp_path_factory.mktemp("inpl"))
+
+
+@pytest.fixture
+def alg(shared_alg):
+    """The module's algorithm, its weights and attributes (energy cutoff, qhat, ...) put back after each test."""
+    with restored(shared_alg):
+        yield shared_alg
 
 
 # -- the equations ---------------------------------------------------------------------------------------------
@@ -110,12 +117,12 @@ def _weak_logits_of_step(algorithm, batch):
     return out, log, seen["logits"][n_lb:n_lb + n_ulb], seen["mask"]
 
 
-def test_fixmatch_uses_the_energy_mask_of_the_weak_view(alg):
+def test_fixmatch_uses_the_energy_mask_of_the_weak_view(alg, monkeypatch):
     batch = one_batch(alg)
     torch.manual_seed(0)
     _, _, weak, _ = _weak_logits_of_step(alg, batch)
     energies = -torch.logsumexp(weak, dim=1)
-    alg.energy_cutoff = energies.median().item()  # about half of this batch below the cutoff
+    monkeypatch.setattr(alg, "energy_cutoff", energies.median().item())  # about half of this batch below it
     torch.manual_seed(0)  # same dropout masks: the same weak logits again
     out, log, weak2, mask = _weak_logits_of_step(alg, batch)
     assert torch.allclose(weak2, weak, atol=1e-5)
@@ -127,8 +134,8 @@ def test_fixmatch_uses_the_energy_mask_of_the_weak_view(alg):
     assert torch.isfinite(out["loss"])
 
 
-def test_nothing_below_the_cutoff_gives_a_finite_loss_and_qhat_moves(alg):
-    alg.energy_cutoff = -1e9
+def test_nothing_below_the_cutoff_gives_a_finite_loss_and_qhat_moves(alg, monkeypatch):
+    monkeypatch.setattr(alg, "energy_cutoff", -1e9)
     before = alg.qhat.clone()
     out, log = alg.train_step(**one_batch(alg))
     assert log["train/inpl_mask"] == 0.0 and log["train/unsup_loss"] == 0.0
@@ -138,9 +145,9 @@ def test_nothing_below_the_cutoff_gives_a_finite_loss_and_qhat_moves(alg):
     assert not torch.equal(alg.qhat, before) and alg.qhat.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_qhat_is_saved_and_restored(alg, tmp_path):
-    alg.qhat = torch.tensor([0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
-    alg.epoch = 0  # set by train(); saving needs it
+def test_qhat_is_saved_and_restored(alg, tmp_path, monkeypatch):
+    monkeypatch.setattr(alg, "qhat", torch.tensor([0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]))
+    monkeypatch.setattr(alg, "epoch", 0, raising=False)  # set by train(); saving needs it
     alg.save_model("ckpt.pth", str(tmp_path))
     alg.qhat = torch.full((7,), 1 / 7)
     alg.load_model(os.path.join(tmp_path, "ckpt.pth"))
@@ -157,17 +164,13 @@ def test_inpl_needs_fixmatch(tiny_rafdb, tmp_path):
         build(tiny_rafdb, tmp_path, config="config/demo/supervised.yaml", imb_algorithm="inpl")
 
 
-def test_train_py_writes_results_on_the_shared_split(tiny_rafdb, tmp_path):
-    from datasets_fer import FER_DATASETS
-    from datasets_fer.split import make_split
-
-    assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/inpl.yaml", save_name="inpl")) == 0
+def test_train_py_writes_results_on_the_shared_split(tiny_rafdb, tmp_path, demo_split_sha256):
+    assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/inpl.yaml", save_name="inpl", num_train_iter=1,
+                           num_eval_iter=1)) == 0
     with open(os.path.join(tmp_path, "inpl", "results.json")) as f:
         res = json.load(f)
     assert (res["algorithm"], res["imb_algorithm"], res["primary_head"]) == ("fixmatch", "inpl", "linear")
-    index = FER_DATASETS["rafdb"](tiny_rafdb)
-    split = make_split("rafdb", index.train_labels, 7, 20, 10, 0, include_lb_to_ulb=False)
-    assert res["split_sha256"] == split.sha256  # the split every other algorithm gets with the same keys
+    assert res["split_sha256"] == demo_split_sha256  # the split every other algorithm gets with the same keys
     log = open(os.path.join(tmp_path, "inpl", "log.txt")).read()
     assert "train/inpl_mask" in log
 

@@ -1,13 +1,14 @@
 """RAF-DB basic index from the official layout: tiny label files (and 1x1 JPEGs) in tmp_path."""
 
+import functools
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import config_error, one_line_error
 from datasets_fer.rafdb import read_rafdb
-from remop_usb.errors import UserError
 
 LABEL_REL = os.path.join("basic", "EmoLabel", "list_patition_label.txt")
 
@@ -41,12 +42,7 @@ GOOD = [
 ]
 
 
-def error_of(root, **kwargs):
-    with pytest.raises(UserError) as info:
-        read_rafdb(root, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg and msg == msg.strip()
-    return msg
+error_of = functools.partial(one_line_error, read_rafdb)
 
 
 def test_reads_counts_mapping_and_paths(tmp_path):
@@ -420,10 +416,7 @@ def test_image_dir_errors(tmp_path):
 
 
 def test_rafdb_image_dir_without_a_rafdb_role_is_refused(tmp_path):
-    from remop_usb.config import parse_args
-
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("algorithm: supervised\ndataset: ferplus\ndata_dir: /nowhere\nrafdb_image_dir: mtcnn\n")
-    with pytest.raises(UserError, match=r"rafdb_image_dir: mtcnn selects RAF-DB's image folder, but no dataset of "
-                                        r"this run is rafdb \(dataset, test_dataset, ulb_dataset: ferplus, -, -\)"):
-        parse_args(["--c", str(cfg)])
+    _, msg = config_error(tmp_path, "algorithm: supervised\ndataset: ferplus\ndata_dir: /nowhere\n"
+                                    "rafdb_image_dir: mtcnn\n")
+    assert msg == ("rafdb_image_dir: mtcnn selects RAF-DB's image folder, but no dataset of this run is rafdb "
+                   "(dataset, test_dataset, ulb_dataset: ferplus, -, -)")

@@ -11,36 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import train_argv
-from datasets_fer import FER_DATASETS
+from conftest import build_for, one_batch, start_training, step_on, train_argv
 from datasets_fer.image_cache import apply_image_cache, cached_path, dataset_resize
-from datasets_fer.split import make_split
-from remop_usb.config import parse_args
-from remop_usb.launch import build_algorithm, main, resolve_device, seed_everything
+from remop_usb.launch import main
 from remop_usb.usb_compat import amp, speed, unwrap
 from remop_usb.usb_compat.speed import SpeedHook
 
 
 def built_algorithm(data_dir, save_dir, config="config/demo/fixmatch.yaml", **overrides):
-    """The algorithm train.py would build for ``config`` (few-iteration CPU settings), not trained."""
-    args = parse_args(train_argv(data_dir, save_dir, config=config, diagnostics=False, **overrides))
-    resolve_device(args)
-    seed_everything(args.seed)
-    return build_algorithm(args)
-
-
-def first_batch(algorithm):
-    """``before_run`` and the epoch, as USB's loop sets them, then the first batches as ``train_step`` takes them."""
-    algorithm.call_hook("before_run")
-    algorithm.epoch = algorithm.start_epoch  # ABC reads it
-    lb, ulb = next(iter(algorithm.loader_dict["train_lb"])), next(iter(algorithm.loader_dict["train_ulb"]))
-    return algorithm.process_batch(**lb, **ulb)
+    """The algorithm train.py would build for ``config`` (few-iteration CPU settings, seeded as train.py), untrained."""
+    return build_for(data_dir, save_dir, config=config, seed=True, **overrides)
 
 
 def one_step(algorithm):
-    """One USB iteration (train_step, then the parameter update) on the first batches."""
-    algorithm.out_dict, algorithm.log_dict = algorithm.train_step(**first_batch(algorithm))
-    algorithm.call_hook("after_train_step", "ParamUpdateHook")
+    """One USB iteration (train_step, then the parameter update) on the first batches, after ``before_run``."""
+    start_training(algorithm)
+    step_on(algorithm, one_batch(algorithm))
 
 
 # -- loaders -------------------------------------------------------------------------------------------------------
@@ -228,14 +214,13 @@ def test_datasets_without_a_fixed_leading_resize_stay_uncached(tmp_path, capsys)
     assert dataset.data.tolist() == ["face.png"]
 
 
-def test_training_with_the_cache_keeps_the_split(tiny_rafdb, tmp_path):
+def test_training_with_the_cache_keeps_the_split(tiny_rafdb, tmp_path, demo_split_sha256):
     argv = train_argv(tiny_rafdb, tmp_path, save_name="cached", num_train_iter=2, num_eval_iter=2,
                       image_cache=True, cache_dir=str(tmp_path / "cache"))
     assert main(argv) == 0
     with open(tmp_path / "cached" / "split.json") as f:
         sha = json.load(f)["sha256"]
-    index = FER_DATASETS["rafdb"](tiny_rafdb, cache_dir=str(tmp_path / "cache"))
-    assert sha == make_split("rafdb", index.train_labels, 7, 20, 10, 0).sha256  # computed from the labels alone
+    assert sha == demo_split_sha256  # the split of the uncached images, computed from the labels alone
 
 
 # -- benchmark -----------------------------------------------------------------------------------------------------
@@ -312,7 +297,8 @@ def test_fast_ema_follows_usb_ema(tiny_rafdb, tmp_path, config, ema_m):
     runs = []
     for methods in (usb_hook, EMAHook):
         alg = built_algorithm(tiny_rafdb, tmp_path, config=config, ema_m=ema_m, save_name=f"ema{len(runs)}")
-        batch = first_batch(alg)
+        start_training(alg)
+        batch = one_batch(alg)
         methods.before_run(None, alg)
         runs.append((alg, batch, methods))
     assert type(runs[0][0].ema).__name__ == "EMA" and type(runs[1][0].ema).__name__ == "FastEMA"

@@ -77,7 +77,7 @@ def offline(monkeypatch):
 
 def test_offline_run_records_config_group_tags_per_class_and_diagnostics(offline, tiny_rafdb, tmp_path):
     assert main(train_argv(tiny_rafdb, tmp_path, save_name="wb", use_wandb=True, wandb_project="remop-test",
-                           wandb_tags="demo,smoke", diagnostics=True)) == 0
+                           wandb_tags="demo,smoke", diagnostics=True, num_train_iter=4, num_eval_iter=2)) == 0
     save_path = os.path.join(tmp_path, "wb")
     results = json.load(open(os.path.join(save_path, "results.json")))
     run, config, summary, history = offline_run(save_path)
@@ -110,16 +110,16 @@ def test_offline_run_records_config_group_tags_per_class_and_diagnostics(offline
     assert all(counts.get((names[i], names[j]), 0) == cf[i][j] for i in range(7) for j in range(7))
     assert summary["per_class_accuracy/_type"] == "table-file"
 
-    # history: USB's scalars and the diagnostics at the diagnostics steps (num_eval_iter = 3: steps 3 and 6)
+    # history: USB's scalars and the diagnostics at the diagnostics steps (num_eval_iter = 2: steps 2 and 4)
     steps = {h["_step"]: h for h in history}
     diag_steps = sorted(s for s, h in steps.items() if "diag/mixture/macro_f1" in h)
-    assert diag_steps == [3, 6]
+    assert diag_steps == [2, 4]
     records = [json.loads(line) for line in open(os.path.join(save_path, "diagnostics.jsonl"))]
     assert [r["it"] for r in records] == diag_steps
-    last = steps[6]
+    last = steps[4]
     assert last["diag/linear/macro_f1"] == pytest.approx(records[-1]["pseudo_labels"]["linear"]["macro_f1"])
     assert last["diag/nc_etf_cosine"] == pytest.approx(-1 / 6)
-    assert "eval/top-1-acc" in steps[3] and "train/sup_loss" in steps[1]
+    assert "eval/top-1-acc" in steps[2] and "train/sup_loss" in steps[1]
 
 
 def test_a_resumed_run_continues_its_wandb_run(offline, tiny_rafdb, tmp_path):

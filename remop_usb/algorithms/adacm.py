@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader
 from ..nets.wrapper import BackboneWrapper
 from ..usb_compat import device_of
 from ..usb_compat.unlabeled_views import with_second_weak_view
+from .imb_common import forward_batches
 
 MARGIN_SOURCES = ("train", "ema")
 
@@ -68,8 +69,10 @@ def correct_confidence_stats(probs: torch.Tensor, labels: torch.Tensor, num_clas
     correct = pred == labels
     sums = torch.zeros(num_classes, dtype=torch.float64, device=probs.device)
     counts = torch.zeros(num_classes, dtype=torch.float64, device=probs.device)
-    sums.index_add_(0, labels[correct], conf[correct].double())
-    counts.index_add_(0, labels[correct], torch.ones_like(conf[correct], dtype=torch.float64))
+    # every sample added, the others as exact zeros: the same sums as over the correct ones, without the host sync
+    # of boolean indexing
+    sums.index_add_(0, labels, torch.where(correct, conf.double(), 0.0))
+    counts.index_add_(0, labels, correct.double())
     return sums, counts
 
 
@@ -92,7 +95,7 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.07) -> 
     z = F.normalize(torch.cat([z_a, z_b]).float(), dim=1)
     sim = (z @ z.t()) / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    positives = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return F.cross_entropy(sim, positives)
 
 
@@ -100,6 +103,9 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.07) -> 
 
 class AdaptiveMarginHook(MaskingHook):
     """Ada-CM's per-class confidence margins: the mask of subset I, learned from labeled confidences per epoch."""
+
+    #: what a checkpoint keeps of this hook (the rest comes from the config)
+    checkpoint_attrs = ("margins", "sums", "counts")
 
     def __init__(self, num_classes, init=0.8, floor=0.8, scale=0.97, rate=1.0, source="train"):
         super().__init__()
@@ -213,11 +219,8 @@ class AdaCM(AlgorithmBase):
     # -- one step ----------------------------------------------------------------------------------------------------
     def _forward(self, *batches):
         """Logits and features of each batch: one forward over their concatenation (use_cat) or one each."""
-        if self.use_cat:
-            out = self.model(torch.cat(batches))
-            sizes = [b.shape[0] for b in batches]
-            return list(zip(out["logits"].split(sizes), out["feat"].split(sizes)))
-        return [(o["logits"], o["feat"]) for o in (self.model(b) for b in batches)]
+        outs = forward_batches(self.model, batches, self.use_cat, ("logits", "feat"))
+        return [(o["logits"], o["feat"]) for o in outs]
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_w_2, x_ulb_s):
         with self.amp_cm():

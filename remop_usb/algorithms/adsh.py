@@ -52,12 +52,12 @@ from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.utils import IMB_ALGORITHMS
 from semilearn.imb_algorithms.adsh.adsh import Adsh as USBAdsh
 
-from .imb_common import require_base_algorithm
+from .imb_common import labeled_class_counts, require_base_algorithm
 
 
 def head_class(labels, num_classes: int) -> int:
-    """The most frequent class of ``labels`` (the lowest index among ties)."""
-    return int(np.argmax(np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)))
+    """The most frequent class of ``labels`` (the lowest index among ties: ``np.argmax``'s first maximum)."""
+    return int(np.argmax(labeled_class_counts(labels, num_classes).numpy()))
 
 
 def adaptive_thresholds(conf, pred, num_classes: int, tau_1: float, head: int) -> torch.Tensor:
@@ -79,6 +79,9 @@ def adaptive_thresholds(conf, pred, num_classes: int, tau_1: float, head: int) -
 
 class AdaptiveThresholds(MaskingHook):
     """Adsh's masking with the corrected refit: thresholds start at tau_1 and are refitted after every epoch."""
+
+    #: what a checkpoint keeps of this hook (the rest comes from the config)
+    checkpoint_attrs = ("thresholds",)
 
     def __init__(self, num_classes: int, tau_1: float, head: int):
         super().__init__()

@@ -39,7 +39,7 @@ from semilearn.core.utils import IMB_ALGORITHMS
 from ..errors import UserError
 from ..nets.resnet_fer import add_classwise_bn
 from ..nets.wrapper import BackboneWrapper
-from .imb_common import labeled_class_counts, require_base_algorithm
+from .imb_common import forward_batches, labeled_class_counts, require_base_algorithm
 
 #: the experts, in the order of their heads; the first is the backbone's own classifier
 EXPERTS = ("long_tailed", "uniform", "inverse")
@@ -57,8 +57,8 @@ def log_prior(class_counts: torch.Tensor) -> torch.Tensor:
 
 
 def logit_adjustment(log_pi: torch.Tensor, tau: float) -> torch.Tensor:
-    """tau * log pi, added to an expert's labeled logits (exactly zero for tau = 0)."""
-    return torch.zeros_like(log_pi) if tau == 0 else tau * log_pi
+    """tau * log pi, added to an expert's labeled logits (zero for tau = 0: :func:`log_prior` is always finite)."""
+    return tau * log_pi
 
 
 def frequency_ranks(class_counts) -> torch.Tensor:
@@ -123,6 +123,7 @@ class CPE(ImbAlgorithmBase):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
         counts = labeled_class_counts(self.dataset_dict["train_lb"].targets, self.num_classes)
         self.log_pi = log_prior(counts)
+        self.adjustments = torch.stack([logit_adjustment(self.log_pi, tau) for tau in self.taus])  # experts x K
         self.ranks = frequency_ranks(counts)
         self.cuts = (0, self.cut1, self.cut2) if self.classwise_bn else (0,)
         self.model, self.ema_model = self._convert(self.model), self._convert(self.ema_model)
@@ -149,20 +150,14 @@ class CPE(ImbAlgorithmBase):
 
     def forward_views(self, x_lb, x_ulb_w, x_ulb_s):
         """Model outputs for the labeled, weak and strong batches: one concatenated pass (use_cat) or three."""
-        if self.use_cat:
-            out = self.model(torch.cat((x_lb, x_ulb_w, x_ulb_s)))
-            n_lb, n_ulb = x_lb.shape[0], x_ulb_w.shape[0]
-            bounds = ((0, n_lb), (n_lb, n_lb + n_ulb), (n_lb + n_ulb, n_lb + 2 * n_ulb))
-            return [{k: out[k][a:b] for k in ("branch_logits", "feat")} for a, b in bounds]
-        out_lb, out_s = self.model(x_lb), self.model(x_ulb_s)
-        with torch.no_grad():
-            out_w = self.model(x_ulb_w)
-        return out_lb, out_w, out_s
+        # without use_cat, FixMatch's order: labeled, strong, then the weak view without gradient
+        return forward_batches(self.model, (x_lb, x_ulb_w, x_ulb_s), self.use_cat, ("branch_logits", "feat"),
+                               order=(0, 2, 1), no_grad=(1,))
 
     def expert_losses(self, e, lb_branch, y_lb, w_branch, s_branch):
         """(supervised loss, unlabeled loss, N x B branch mask) of expert ``e``; inputs are N x B x K."""
         lb_logits = lb_branch.mean(dim=1)
-        sup = F.cross_entropy(lb_logits + logit_adjustment(self.log_pi, self.taus[e]).to(lb_logits), y_lb)
+        sup = F.cross_entropy(lb_logits + self.adjustments[e].to(lb_logits), y_lb)
         probs = self.compute_prob(w_branch.mean(dim=1).detach())
         conf, pseudo = probs.max(dim=-1)
         masks = branch_masks(pseudo, conf >= self.p_cutoff, self.ranks, self.cuts)
@@ -171,16 +166,21 @@ class CPE(ImbAlgorithmBase):
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
         with self.amp_cm():
             out_lb, out_w, out_s = self.forward_views(x_lb, x_ulb_w, x_ulb_s)
-            total, log = 0.0, {}
+            device = out_lb["branch_logits"].device  # moved once, then kept there (no copy per step)
+            self.adjustments, self.ranks = self.adjustments.to(device), self.ranks.to(device)
+            total, stats = 0.0, []
             for e, name in enumerate(EXPERTS):
                 sup, unsup, masks = self.expert_losses(e, out_lb["branch_logits"][:, e], y_lb,
                                                        out_w["branch_logits"][:, e], out_s["branch_logits"][:, e])
                 total = total + sup + self.lambda_u * unsup
-                log[name] = (sup.item(), unsup.item(), masks[:, 0].mean().item())
+                stats += [sup, unsup, masks[:, 0].mean()]
         feat = {"x_lb": out_lb["feat"], "x_ulb_w": out_w["feat"], "x_ulb_s": out_s["feat"]}
         out_dict = self.process_out_dict(loss=total, feat=feat)
+        # every logged number in one device-to-host copy (float64 holds each loss's value exactly)
+        *values, total_value = torch.stack([t.detach().double() for t in stats + [total]]).tolist()
+        log = {name: tuple(values[3 * e:3 * e + 3]) for e, name in enumerate(EXPERTS)}
         sup, unsup, mask = log[self.test_expert]
-        log_dict = self.process_log_dict(sup_loss=sup, unsup_loss=unsup, total_loss=total.item(), util_ratio=mask)
+        log_dict = self.process_log_dict(sup_loss=sup, unsup_loss=unsup, total_loss=total_value, util_ratio=mask)
         for name, (sup, unsup, mask) in log.items():
             log_dict[f"train/cpe_{name}_sup_loss"] = sup
             log_dict[f"train/cpe_{name}_unsup_loss"] = unsup

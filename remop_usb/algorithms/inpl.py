@@ -95,10 +95,13 @@ def labeled_energies(algorithm, temperature=1.0) -> torch.Tensor:
                             algorithm.args.eval_batch_size, device_of(algorithm))
 
 
-def labeled_energy_cutoff(algorithm, quantile=0.05, temperature=1.0) -> float:
+def labeled_energy_cutoff(algorithm, quantile=0.05, temperature=1.0, return_energies=False):
     """The cutoff procedure: the ``quantile`` of :func:`labeled_energies`, on a base-learner checkpoint loaded
-    into ``algorithm`` -- what ``remop-usb inpl-cutoff`` (:mod:`remop_usb.inpl_cutoff`) prints."""
-    return quantile_cutoff(labeled_energies(algorithm, temperature), quantile)
+    into ``algorithm`` -- what ``remop-usb inpl-cutoff`` (:mod:`remop_usb.inpl_cutoff`) prints. With
+    ``return_energies``: (cutoff, the energies it is the quantile of)."""
+    energies = labeled_energies(algorithm, temperature)
+    cutoff = quantile_cutoff(energies, quantile)
+    return (cutoff, energies) if return_energies else cutoff
 
 
 def ema_class_marginal(qhat: torch.Tensor, probs: torch.Tensor, momentum: float) -> torch.Tensor:
@@ -112,9 +115,7 @@ class EnergyMaskingHook(MaskingHook):
     @torch.no_grad()
     def masking(self, algorithm, logits_x_ulb, softmax_x_ulb=True, *args, **kwargs):
         logits = logits_x_ulb if softmax_x_ulb else algorithm.recorded_weak_logits(logits_x_ulb.shape[0])
-        mask = energy_mask(logits, algorithm.energy_cutoff, algorithm.energy_temperature)
-        algorithm.last_mask = mask
-        return mask.to(logits_x_ulb.dtype)
+        return energy_mask(logits, algorithm.energy_cutoff, algorithm.energy_temperature).to(logits_x_ulb.dtype)
 
 
 class MarginalConsistencyLoss(ConsistencyLoss):
@@ -137,7 +138,7 @@ class InPL(ImbAlgorithmBase):
         require_base_algorithm(args, "inpl", ("fixmatch",))
         self.imb_init(args)
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
-        self.qhat = torch.full((self.num_classes,), 1.0 / self.num_classes)
+        self.qhat = torch.full((self.num_classes,), 1.0 / self.num_classes)  # moved to the logits' device by the step
         if self.use_marginal_loss:
             self.consistency_loss = MarginalConsistencyLoss(self)
 
@@ -152,7 +153,6 @@ class InPL(ImbAlgorithmBase):
         self.marginal_tau = float(args.inpl_marginal_tau)
         self.qhat_momentum = float(args.inpl_qhat_momentum)
         self._weak_logits = None
-        self.last_mask = None
 
     def set_hooks(self):
         super().set_hooks()
@@ -171,11 +171,14 @@ class InPL(ImbAlgorithmBase):
         return self._weak_logits
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
-        self._weak_logits, self.last_mask = None, None
+        self._weak_logits = None
         out_dict, log_dict = super().train_step(x_lb=x_lb, y_lb=y_lb, x_ulb_w=x_ulb_w, x_ulb_s=x_ulb_s)
         weak = self.recorded_weak_logits(x_ulb_w.shape[0])
-        self.qhat = ema_class_marginal(self.qhat, torch.softmax(weak.float(), dim=-1), self.qhat_momentum)
-        log_dict["train/inpl_mask"] = self.last_mask.mean().item()
+        # q_hat stays on the logits' device (no copy to the host each step; checkpoints keep it on the CPU)
+        self.qhat = ema_class_marginal(self.qhat.to(weak.device), torch.softmax(weak.float(), dim=-1),
+                                       self.qhat_momentum)
+        # the energy mask's rate: FixMatch's util_ratio is the mean of the mask EnergyMaskingHook returned
+        log_dict["train/inpl_mask"] = log_dict["train/util_ratio"]
         log_dict["train/inpl_energy"] = energy_score(weak, self.energy_temperature).mean().item()
         self._weak_logits = None
         return out_dict, log_dict

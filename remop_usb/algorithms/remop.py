@@ -126,6 +126,12 @@ class ForwardRecorder:
         finally:
             self.active = False
 
+    def is_mixture(self, rows: torch.Tensor) -> bool:
+        """Whether ``rows`` are a view of a recorded mixture (what ``compute_prob`` returned): found by their place
+        in its memory, without comparing values."""
+        rows = rows.detach()
+        return any(_view_start(record["mixture"], rows) is not None for record in self.records)
+
     @staticmethod
     def _values(record, field):
         if field == "probs":
@@ -251,9 +257,11 @@ class ReMoP(ImbAlgorithmBase):
             if flag is not None and kwargs.get(flag, True):  # logits the hook would turn into probabilities
                 kwargs[arg], kwargs[flag] = self.compute_prob(value.detach()), False
                 continue
+            if self.recorder.is_mixture(value):  # the mixture already (FixMatch's, FlexMatch's compute_prob): kept
+                continue
             mixture = self.recorder.mixture_for(value, "probs")  # the softmax of recorded logits
             if mixture is not None:
-                kwargs[arg] = mixture  # anything else is the mixture already, or derived from it: kept
+                kwargs[arg] = mixture  # anything else is derived from the mixture: kept
         return kwargs
 
     def train_step(self, *args, **kwargs):

@@ -1,7 +1,8 @@
 """Every adaptation to semilearn 0.3.2's quirks, in one place: this package.
 
-The general patches live in this module; larger topics have their own submodule here (each with an ``install()``
-and a docstring table of the quirks it answers), installed by :func:`install` in alphabetical order.
+The general patches live in this module; larger topics have their own submodule here (each with a docstring table
+of the quirks it answers); those that patch USB have an ``install()``, called by :func:`install` in the order of
+:data:`TOPIC_MODULES`.
 
 USB 0.3.2 assumes CUDA everywhere, a fixed list of datasets and optimizers, and DDP-wrapped models. Rather than
 forking it, :func:`install` patches the few functions that carry those assumptions, once, before any algorithm is
@@ -35,6 +36,7 @@ ngpus_per_node, saving on every  :mod:`.distributed` (its own table)
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import time
 from inspect import Parameter, signature
@@ -46,6 +48,10 @@ import torch.nn as nn
 from ..errors import UserError
 
 _INSTALLED = False
+#: the submodules that patch USB, installed in this order by :func:`install` (``distributed`` and
+#: ``unlabeled_views`` patch nothing: the launcher and the algorithms call their functions)
+TOPIC_MODULES = ("amp", "checkpointing", "ema", "evaluation", "learner_checkpoints", "loaders", "optim", "speed",
+                 "wandb")
 
 
 class ModuleWrapper(nn.Module):
@@ -266,15 +272,6 @@ def install():
     _supervised_with_features()
     _declare_abc_heads()
     _abc_rates_without_empty_classes()
-    for module in _topic_modules():
-        module.install()
+    for name in TOPIC_MODULES:
+        importlib.import_module(f"{__name__}.{name}").install()
     _INSTALLED = True
-
-
-def _topic_modules():
-    """This package's submodules (``usb_compat/<topic>.py``), each answering one group of quirks."""
-    import importlib
-    import pkgutil
-
-    return [importlib.import_module(f"{__name__}.{m.name}") for m in sorted(pkgutil.iter_modules(__path__),
-                                                                             key=lambda m: m.name)]

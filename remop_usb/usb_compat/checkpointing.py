@@ -17,6 +17,10 @@ torch.load weights_only=True (torch>=2.6) refuses      our own checkpoints are r
   the numpy objects USB stores
 checkpoints store it+1, epoch+1                        completed iterations and their epoch, so a resumed run
                                                          finishes every step
+a checkpoint of an epoch's last step is written        it records that; the resumed run first runs those hooks
+  before that epoch's after_train_epoch hooks: a         (:func:`finish_interrupted_epoch`)
+  resumed run skips them (Adsh's refit, Ada-CM's
+  margins)
 CheckpointHook saves amid a step's hooks; hooks        it only marks the step; the files are written after the
   after it (diagnostics, logging, W&B) still draw        step's last ``after_train_step`` hook
   random numbers and change state                        (:func:`_saving_at_end_of_step`)
@@ -29,8 +33,9 @@ sampler position lost: a resumed run restarts the      per train loader: epoch, 
   epoch's data order from its first batch                iterator and each worker's RNG; the resumed loader skips
                                                          the consumed indices without loading their images
 DataLoader workers reseed from a fresh base seed       workers of the resumed epoch continue the saved streams
-hooks' state (Adsh's thresholds, Dash's rho, ...)      every hook's tensors, arrays and numbers are saved and
-  is not saved                                           restored (USB's own extra keys keep working)
+hooks' state (Adsh's thresholds, Dash's rho, ...)      every hook's state is saved and restored: what it names in
+  is not saved                                           ``checkpoint_attrs``, else its tensors, arrays and numbers
+                                                         (USB's own extra keys keep working)
 =====================================================  ===========================================================
 
 When checkpoints are written: on USB's schedule -- after every ``num_eval_iter``-th iteration and after the last
@@ -44,8 +49,9 @@ Exactness holds for one process (CPU or one GPU, where the GPU kernels are deter
 With DDP every rank resumes at the right batch, but all ranks continue rank 0's RNG streams. Changing ``num_workers``
 between the interrupted and the resumed run keeps the data order but not the augmentation draws of that epoch; so
 does ``persistent_workers: True`` (its workers keep their RNG streams across epochs, a resumed run starts new ones).
-Hook state is restored as saved: a hook setting changed between the two runs (a number a hook keeps) is overridden
-by the checkpoint's value.
+A hook that declares ``checkpoint_attrs`` (ours do) keeps only those: a setting changed between the two runs takes
+effect in the resumed one. A hook that declares nothing (USB's) is restored with every number it keeps, settings
+included: a changed setting of such a hook is overridden by the checkpoint's value.
 """
 
 from __future__ import annotations
@@ -56,7 +62,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -64,6 +69,8 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from ..errors import UserError
+from ..fileio import atomic_output
+from .distributed import is_main_process
 
 #: key of this module's additions in a checkpoint dict
 STATE_KEY = "remop_resume"
@@ -83,11 +90,9 @@ def previous_path(path) -> str:
     return f"{root}.prev{ext or '.pth'}"
 
 
-def _temporary_for(path) -> str:
-    folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    return tmp
+def _temporary_prefix(path) -> str:
+    """Temporaries of ``<name>.pth`` are hidden ``.<name>.pth.<random>.tmp`` siblings (:data:`_TEMPORARY`)."""
+    return f".{os.path.basename(os.fspath(path))}."
 
 
 def _unlink_quietly(path):
@@ -112,34 +117,23 @@ def _fsync_dir(folder):
 
 def _keep_as_previous(path):
     """Make ``previous_path(path)`` the current content of ``path`` (hard link; a copy where links fail)."""
-    tmp = _temporary_for(previous_path(path))
-    try:
+    previous = previous_path(path)
+    with atomic_output(previous, suffix=".tmp", prefix=_temporary_prefix(previous)) as tmp:
         os.unlink(tmp)
         try:
             os.link(path, tmp)
         except OSError:
             shutil.copyfile(path, tmp)
-        os.replace(tmp, previous_path(path))
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
 
 
 def atomic_save(obj, path, keep_previous=False) -> str:
     """``torch.save`` to a temporary sibling, fsync, then rename onto ``path``: it is complete or the old one."""
     path = os.fspath(path)
-    tmp = _temporary_for(path)
-    try:
+    with atomic_output(path, suffix=".tmp", prefix=_temporary_prefix(path)) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
         if keep_previous and os.path.exists(path):
             _keep_as_previous(path)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
 
@@ -365,10 +359,12 @@ def restore_rng_before_first_step(hook, algorithm):
 
 
 class PendingResume:
-    """What a loaded checkpoint still has to restore once training starts: the RNG states and loader positions."""
+    """What a loaded checkpoint still has to restore once training starts: the RNG states, loader positions and
+    the after_train_epoch hooks of an epoch it ended (:func:`finish_interrupted_epoch`)."""
 
-    def __init__(self, rng, loaders):
+    def __init__(self, rng, loaders, epoch_end=False):
         self.rng, self.loaders = rng, loaders
+        self.epoch_end = epoch_end  # the checkpoint ended an epoch before its after_train_epoch hooks ran
 
     def loader_plan(self, name):
         plan = self.loaders.get(name)
@@ -387,8 +383,19 @@ def run_name(args) -> str:
     return args.algorithm + (f"+{imb}" if imb and str(imb) != "None" else "")
 
 
+def state_attributes(hook) -> tuple:
+    """The names of ``hook``'s state: what the hook declares in a class attribute ``checkpoint_attrs`` (a tuple of
+    names; the DiagnosticsHook declares none: its settings come from the config, its records from its log file),
+    else every attribute holding tensors, arrays or numbers (:func:`_is_state`: USB's hooks -- FlexMatch's
+    selected_label, Adsh's adsh_s, Dash's rho -- declare nothing)."""
+    declared = getattr(hook, "checkpoint_attrs", None)
+    if declared is not None:
+        return tuple(declared)
+    return tuple(k for k, v in vars(hook).items() if _is_state(v))
+
+
 def _is_state(value) -> bool:
-    """Tensors, arrays, numbers and None, also inside lists/tuples/dicts: the state a hook may carry."""
+    """Tensors, arrays, numbers and None, also inside lists/tuples/dicts: what a hook's state may hold."""
     if isinstance(value, (torch.Tensor, np.ndarray, int, float, type(None))):
         return True
     if isinstance(value, (list, tuple)):
@@ -411,17 +418,25 @@ def _to_cpu(value):
 
 
 def hook_state(algorithm) -> dict:
-    """Every hook's tensors, arrays and numbers (FlexMatch's selected_label, Adsh's adsh_s, Dash's rho, ...)."""
-    return {name: {k: _to_cpu(v) for k, v in vars(hook).items() if _is_state(v)}
-            for name, hook in getattr(algorithm, "hooks_dict", {}).items()}
+    """Every hook's state (:func:`state_attributes`: FlexMatch's selected_label, Adsh's thresholds, Dash's rho, ...)."""
+    state = {}
+    for name, hook in getattr(algorithm, "hooks_dict", {}).items():
+        attrs = vars(hook)
+        state[name] = {k: _to_cpu(attrs[k]) for k in state_attributes(hook) if k in attrs}
+    return state
 
 
 def restore_hook_state(algorithm, saved):
+    """Put the saved state back into the hooks (of a hook declaring ``checkpoint_attrs``, only those: a checkpoint
+    may hold more)."""
     for name, attrs in saved.items():
         hook = algorithm.hooks_dict.get(name)
         if hook is None:
             continue
+        declared = getattr(hook, "checkpoint_attrs", None)
         for attr, value in attrs.items():
+            if declared is not None and attr not in declared:
+                continue
             current = getattr(hook, attr, None)
             if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor):
                 value = value.to(current.device)
@@ -451,6 +466,9 @@ def _with_progress_and_resume_state(original):
         save_dict["it"] = completed
         save_dict["epoch"] = completed // max(1, self.num_iter_per_epoch)
         save_dict[STATE_KEY] = resume_state(self)
+        # written inside the step that ends an epoch: the resumed run owes that epoch's after_train_epoch hooks
+        save_dict[STATE_KEY]["epoch_end_pending"] = (getattr(self, "_remop_saving_in_step", False)
+                                                     and completed % max(1, self.num_iter_per_epoch) == 0)
         return save_dict
 
     return get_save_dict
@@ -548,7 +566,8 @@ def _checked_load(original):
         self._remop_resume = None
         if state is not None:
             restore_hook_state(self, state.get("hooks", {}))
-            self._remop_resume = PendingResume(state.get("rng"), state.get("loaders", {}))
+            self._remop_resume = PendingResume(state.get("rng"), state.get("loaders", {}),
+                                               state.get("epoch_end_pending", False))
         return result
 
     return load_model
@@ -560,7 +579,7 @@ def mark_checkpoint_due(hook, algorithm):
     """CheckpointHook.after_train_step: USB's schedule (every num_eval_iter-th and the last iteration, rank 0), but
     the writing waits for the end of the step's hooks (:func:`_saving_at_end_of_step`)."""
     if hook.every_n_iters(algorithm, algorithm.num_eval_iter) or hook.is_last_iter(algorithm):
-        if not algorithm.distributed or algorithm.rank % algorithm.ngpus_per_node == 0:
+        if is_main_process(algorithm):
             algorithm._remop_checkpoint_due = True
 
 
@@ -570,16 +589,39 @@ def save_due_checkpoint(algorithm):
         return
     algorithm._remop_checkpoint_due = False
     save_path = os.path.join(algorithm.save_dir, algorithm.save_name)
-    if algorithm.it == algorithm.best_it:
-        algorithm.save_model("model_best.pth", save_path)
-    algorithm.save_model("latest_model.pth", save_path)
+    algorithm._remop_saving_in_step = True
+    try:
+        if algorithm.it == algorithm.best_it:
+            algorithm.save_model("model_best.pth", save_path)
+        algorithm.save_model("latest_model.pth", save_path)
+    finally:
+        algorithm._remop_saving_in_step = False
+
+
+def finish_interrupted_epoch(algorithm, call_hook):
+    """Before a resumed run's first epoch (or its end, when no epoch is left): when its checkpoint was written by the
+    step that ended an epoch, run that epoch's ``after_train_epoch`` hooks (Adsh's threshold refit, Ada-CM's margin
+    update), as the interrupted run did next, from the checkpoint's RNG state and with that epoch's number."""
+    pending = getattr(algorithm, "_remop_resume", None)
+    if pending is None or not pending.epoch_end:
+        return
+    pending.epoch_end = False
+    pending.restore_rng()
+    epoch, algorithm.epoch = algorithm.epoch, algorithm.start_epoch - 1
+    try:
+        call_hook(algorithm, "after_train_epoch")
+    finally:
+        algorithm.epoch = epoch
 
 
 def _saving_at_end_of_step(original):
     """AlgorithmBase.call_hook: after every hook's ``after_train_step`` (diagnostics, logging and W&B hooks run after
-    USB's CheckpointHook and still draw random numbers), write the checkpoint that CheckpointHook marked due."""
+    USB's CheckpointHook and still draw random numbers), write the checkpoint that CheckpointHook marked due; before
+    a resumed run's first ``before_train_epoch`` (or ``after_run``), finish the epoch its checkpoint ended."""
 
     def call_hook(self, fn_name, hook_name=None, *args, **kwargs):
+        if fn_name in ("before_train_epoch", "after_run") and hook_name is None:
+            finish_interrupted_epoch(self, original)
         result = original(self, fn_name, hook_name, *args, **kwargs)
         if fn_name == "after_train_step" and hook_name is None:
             save_due_checkpoint(self)

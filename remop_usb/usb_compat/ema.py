@@ -49,7 +49,7 @@ class FastEMA(EMA):
         self._buffers = ([ema_buffers[n] for n in buffers], list(buffers.values()))
         if copy_weights:
             with torch.no_grad():
-                torch._foreach_copy_(self._shadow, [p.detach() for p in self._params])
+                torch._foreach_copy_(self._shadow, self._params)
 
     def register(self):
         raise RuntimeError("FastEMA's shadow is the EMA model: use bind(ema_model, copy_weights=True)")
@@ -59,7 +59,7 @@ class FastEMA(EMA):
 
     def update(self):
         with torch.no_grad():
-            torch._foreach_lerp_(self._shadow, [p.detach() for p in self._params], 1.0 - self.decay)
+            torch._foreach_lerp_(self._shadow, self._params, 1.0 - self.decay)
 
     def copy_buffers(self):
         """The model's buffers (BatchNorm statistics) into the EMA model, as USB's state-dict load does."""

@@ -42,11 +42,13 @@ def loader_options(args, num_workers: int) -> dict:
 
 def _configured_data_loader(*args, **kwargs):
     """Stands for ``DataLoader`` inside USB's ``build`` module: adds the options (and seed) of the call in progress."""
+    from semilearn.datasets import DistributedSampler
+
     usb_args = _ARGS.get()
     if usb_args is not None:
         kwargs.update(loader_options(usb_args, kwargs.get("num_workers", 0)))
     loader = DataLoader(*args, **kwargs)
-    if usb_args is not None and loader.sampler is not None:
+    if usb_args is not None and isinstance(loader.sampler, DistributedSampler):  # the samplers that shuffle by it
         loader.sampler.seed = int(getattr(usb_args, "seed", 0) or 0)
     return loader
 

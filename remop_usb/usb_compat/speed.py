@@ -32,6 +32,7 @@ from . import amp, device_of, unwrap
 
 CUDA_ONLY = ("pin_memory", "cudnn_benchmark")
 WORKER_OPTIONS = ("persistent_workers", "prefetch_factor")
+MODEL_OPTIONS = ("channels_last", "compile")  # what apply_model_options applies
 OFF = {"prefetch_factor": None}  # the value that turns an option off (False for the others)
 
 _said: set = set()
@@ -76,12 +77,22 @@ class SpeedHook(Hook):
         if getattr(args, "cudnn_benchmark", False):
             torch.backends.cudnn.benchmark = True
             torch.backends.cudnn.deterministic = False
-        if getattr(args, "channels_last", False):
-            for model in (algorithm.model, algorithm.ema_model):
-                model.to(memory_format=torch.channels_last)
-        if getattr(args, "compile", False) and not getattr(algorithm, "_remop_compiled", False):
-            unwrap(algorithm.model).compile(mode=getattr(args, "compile_mode", "default"))
+        if not any(getattr(args, key, False) for key in MODEL_OPTIONS):
+            return
+        apply_model_options(algorithm.ema_model, args, compile=False)
+        if apply_model_options(unwrap(algorithm.model), args, compile=not getattr(algorithm, "_remop_compiled", False)):
             algorithm._remop_compiled = True
+
+
+def apply_model_options(net, args, compile=True) -> bool:
+    """``channels_last`` and (with ``compile``) ``compile`` of ``args`` applied to ``net`` in place, as the training
+    network gets them; True when ``net`` was compiled (``nn.Module.compile``: its state-dict keys stay)."""
+    if getattr(args, "channels_last", False):
+        net.to(memory_format=torch.channels_last)
+    if compile and getattr(args, "compile", False):
+        net.compile(mode=getattr(args, "compile_mode", "default"))
+        return True
+    return False
 
 
 def _speed_options_around(init):

@@ -9,7 +9,8 @@ algorithm's *name*; any other name gets ``x_ulb_w`` and         into a subclass 
 weak view (Ada-CM needs two weak views and a strong one)        the weak transform (Ada-CM's ``set_dataset``)
 ==============================================================  ==================================================
 
-Nothing is patched globally: :func:`install` is a no-op kept for the package's one-module-per-topic convention.
+Nothing is patched globally (no ``install()``): an algorithm that needs a second weak view calls
+:func:`with_second_weak_view`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,3 @@ def with_second_weak_view(dataset):
     copy = object.__new__(_with_second_view_class(type(dataset)))
     copy.__dict__.update(dataset.__dict__)
     return copy
-
-
-def install():
-    """Nothing to patch: the datasets are adapted by the algorithms that need it."""
