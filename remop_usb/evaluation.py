@@ -39,18 +39,28 @@ def output_keys(heads):
     return list(dict.fromkeys(key for _, key in heads))
 
 
+@contextlib.contextmanager
+def eval_mode(model, algorithm=None):
+    """``model`` in eval mode (and inside ``algorithm``'s ``eval_context``, e.g. ReMoP's, when it has one); its
+    training mode is restored on leaving, also after an error. Gradients are the caller's business."""
+    context = getattr(algorithm, "eval_context", contextlib.nullcontext)
+    was_training = model.training
+    model.eval()
+    try:
+        with context():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def predict(algorithm, dest, keys):
     """Run the EMA model over loader ``dest``; returns (y_true, {key: N x K numpy array})."""
     from .usb_compat import device_of
 
     device = device_of(algorithm)
-    model = algorithm.ema_model
-    was_training = model.training
-    model.eval()
-    context = getattr(algorithm, "eval_context", contextlib.nullcontext)
     y_true, outputs = [], {k: [] for k in keys}
-    with context():
+    with eval_mode(algorithm.ema_model, algorithm) as model:
         for data in algorithm.loader_dict[dest]:
             x = data["x_lb"]
             x = {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
@@ -58,7 +68,6 @@ def predict(algorithm, dest, keys):
             for k in keys:
                 outputs[k].append(out[k].float().cpu())
             y_true.append(data["y_lb"].cpu())
-    model.train(was_training)
     y = torch.cat(y_true).numpy() if y_true else np.zeros(0, dtype=np.int64)
     return y, {k: (torch.cat(v).numpy() if v else np.zeros((0, algorithm.num_classes))) for k, v in outputs.items()}
 

@@ -36,7 +36,6 @@ sample in subset I gives L_u = 0, fewer than two views in subset II give L_c = 0
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -48,6 +47,7 @@ from semilearn.core.algorithmbase import AlgorithmBase
 from semilearn.core.utils import ALGORITHMS
 from torch.utils.data import DataLoader
 
+from ..evaluation import eval_mode
 from ..nets.wrapper import BackboneWrapper
 from ..usb_compat import device_of
 from ..usb_compat.unlabeled_views import with_second_weak_view
@@ -252,17 +252,10 @@ class AdaCM(AlgorithmBase):
         loader = DataLoader(self.dataset_dict["train_lb"], batch_size=self.args.eval_batch_size, shuffle=False,
                             num_workers=self.args.num_workers)
         device = device_of(self)
-        model = self.ema_model
-        was_training = model.training
-        model.eval()
-        context = getattr(self, "eval_context", contextlib.nullcontext)
-        try:
-            with context():
-                for data in loader:
-                    out = model(data["x_lb"].to(device))
-                    yield self.compute_prob(out["logits"]), data["y_lb"].to(device)
-        finally:
-            model.train(was_training)
+        with eval_mode(self.ema_model, self) as model:
+            for data in loader:
+                out = model(data["x_lb"].to(device))
+                yield self.compute_prob(out["logits"]), data["y_lb"].to(device)
 
     @staticmethod
     def get_argument():

@@ -73,11 +73,11 @@ def dataset_logits(model, dataset, key="x_lb", batch_size=128, device="cpu") -> 
     """Logits of ``dataset[i][key]`` for every item, the model in eval mode, in dataset order (float32, on CPU)."""
     from torch.utils.data import DataLoader
 
-    was_training = model.training
-    model.eval()
-    logits = [model(batch[key].to(device))["logits"].float().cpu()
-              for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)]
-    model.train(was_training)
+    from ..evaluation import eval_mode
+
+    with eval_mode(model):
+        logits = [model(batch[key].to(device))["logits"].float().cpu()
+                  for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)]
     return torch.cat(logits)
 
 
