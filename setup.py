@@ -24,7 +24,7 @@ setup(
         "matplotlib",
         "wandb",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest>=7.3"]},
     # A separate package extends remop-usb without editing it by declaring the group "remop_usb.plugins" in ITS
     # setup.py; the launcher imports each listed module (or calls each module:function) before building anything:
     #     entry_points={"remop_usb.plugins": ["my_alg = my_pkg.my_alg"]},
