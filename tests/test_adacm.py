@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import build_for, one_batch, spy
+from remop_usb.algorithms.feature_classifier import center_sq_distances
 from remop_usb.algorithms.adacm import (
     AdaptiveMarginHook,
     adaptive_margins,
@@ -252,13 +253,15 @@ def test_remop_center_loss_on_adacm_uses_the_mean_of_both_weak_views(tiny_rafdb,
     mix_a[0, 1], mix_b[0, 1] = 0.9, 0.5  # mean 0.7 >= 0.6 -> class 1; view a alone would agree
     mix_a[1, 2], mix_b[1, 2] = 0.9, 0.1  # mean 0.5 < 0.6 -> dropped, although view a alone is confident
     mix_a[2, 1], mix_b[2, 2] = 0.5, 0.8  # mean: 0.25 for 1, 0.4 for 2 -> dropped; view b alone would take 2
-    alg.recorder.records = [{"logits": torch.zeros(6, 7), "feat": torch.cat([feat_a, feat_b]),
+    both = torch.cat([feat_a, feat_b])
+    alg.recorder.records = [{"logits": torch.zeros(6, 7), "feat": both, "center_feat": both,
                              "mixture": torch.cat([mix_a, mix_b])}]
-    dist, rate = alg._confident_unlabeled({"x_ulb_w": feat_a, "x_ulb_w_2": feat_b}, centers)
+    feat, pseudo, rate = alg._confident_unlabeled({"x_ulb_w": feat_a, "x_ulb_w_2": feat_b})
     # only row 0 is confident, pseudo-label 1: ||e_0 - h_1||^2 = ||(1, -3, 0, 0)||^2 = 10 (view a's feature)
     assert rate == pytest.approx(1 / 3)
-    assert dist.tolist() == [10.0]
+    assert pseudo.tolist() == [1]
+    assert center_sq_distances(feat, centers, pseudo).tolist() == [10.0]
     mix_b[0, 1] = 0.2  # mean 0.55 < 0.6: now nothing passes
     alg.recorder.records[0]["mixture"] = torch.cat([mix_a, mix_b])
-    dist, rate = alg._confident_unlabeled({"x_ulb_w": feat_a, "x_ulb_w_2": feat_b}, centers)
-    assert rate == 0.0 and dist.numel() == 0
+    feat, pseudo, rate = alg._confident_unlabeled({"x_ulb_w": feat_a, "x_ulb_w_2": feat_b})
+    assert rate == 0.0 and feat.shape[0] == 0 and pseudo.numel() == 0

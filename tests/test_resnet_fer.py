@@ -47,7 +47,8 @@ def test_output_contract(model, size):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         out = model(x)
-    assert set(out) == {"logits", "feat"}
+    assert set(out) == {"logits", "feat", "classifier_input"}
+    assert torch.equal(out["classifier_input"], out["feat"])  # eval mode: dropout is the identity
     assert out["logits"].shape == (2, 7)
     assert out["feat"].shape == (2, 512)
     assert model.num_features == 512
@@ -80,14 +81,18 @@ def test_dropout_train_vs_eval():
 
     net.train()
     with torch.no_grad():
-        g = net(x)["feat"]
+        out = net(x)
         trunk = torch.flatten(net.avgpool(net.extract(x)), 1)
-    # in train mode roughly half the positive entries are zeroed and the rest scaled by 1/(1-p) = 2
+    # the encoder feature is the pooled trunk output in train mode too: dropout belongs to the linear head
+    assert torch.allclose(out["feat"], trunk, atol=1e-6)
+    g = out["classifier_input"]
+    # which the classifier reads dropped out: roughly half the positive entries zeroed, the rest scaled by 2
     pos = trunk > 0
     zeroed = (g[pos] == 0).float().mean().item()
     assert 0.3 < zeroed < 0.7
     kept = g[pos] != 0
     assert torch.allclose(g[pos][kept], 2 * trunk[pos][kept], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out["logits"], net.classifier(g), atol=1e-6)
 
     no_drop = resnet18_fer(num_classes=3, dropout=0.0).train()
     with torch.no_grad():

@@ -172,7 +172,7 @@ class NormalizedFeatureNet(BackboneWrapper):
         feat = F.normalize(self.backbone(x, only_feat=True, **kwargs), dim=1)
         if only_feat:
             return feat
-        return {"logits": self.backbone(feat, only_fc=True), "feat": feat}
+        return {**self.head_of(feat), "feat": feat}
 
 
 # -- the learner -----------------------------------------------------------------------------------------------------

@@ -96,9 +96,12 @@ class ExpertsNet(BackboneWrapper):
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__(backbone)
         self.expert_heads = nn.ModuleDict({name: nn.Linear(self.num_features, num_classes) for name in EXPERTS[1:]})
+        self.expert_dropout = self.head_dropout()  # the extra experts are regularised like the backbone's head
 
     def head(self, name, feat):
-        return self.backbone(feat, only_fc=True) if name == EXPERTS[0] else self.expert_heads[name](feat)
+        if name == EXPERTS[0]:
+            return self.backbone(feat, only_fc=True)
+        return self.expert_heads[name](self.expert_dropout(feat))
 
     def forward(self, x, **kwargs):
         out = self.backbone(x, **kwargs)

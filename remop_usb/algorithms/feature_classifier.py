@@ -6,7 +6,11 @@ Expression Recognition" (ReMoP). Equations referenced below are the paper's:
 - Eq. 4: the feature classifier is a matrix of class centers H = [h_1, ..., h_K] (here a K x d parameter).
 - Eq. 5: the feature prediction p_s^k = cos(f(x), h_k).
 - Eq. 6: the mixture p_m = beta * p_l + (1 - beta) * p_s, with p_l = softmax of the linear classifier.
-- Center loss (Sec. 4.2): L_c = 1/2 * sum ||x - h_y||^2.
+- Center loss (Sec. 4.2): L_c = 1/2 * sum ||x - h_y||^2, the centers updated as in the paper's citation (Wen et
+  al., "A Discriminative Feature Learning Approach for Deep Face Recognition", ECCV 2016, Eq. 4 and Algorithm 1):
+  L_c's gradient reaches the features only, and after each step every center moves toward the mean of its
+  features by its own rate alpha: h_j <- h_j - alpha * sum_i [y_i = j] (h_j - x_i) / (1 + sum_i [y_i = j])
+  (:func:`wen_center_update`).
 - Eq. 8: L_reg = sum_{k != t} (h~_k . h~_t + 1/(K-1))^2, h~ the globally centered, normalised centers.
 
 Each function also implements the variant found in the authors' released code (hangyu94/ReMoP), selected by name;
@@ -22,6 +26,12 @@ import torch.nn.functional as F
 from ..nets.wrapper import BackboneWrapper
 
 SIMILARITIES = ("cosine", "dot")
+#: which feature the feature classifier reads: the encoder's (paper: x = f(x)) or the classifier's dropped-out input
+FEATURES = ("encoder", "head")
+#: output key of the backbone holding each of :data:`FEATURES`
+FEATURE_KEYS = {"encoder": "feat", "head": "classifier_input"}
+#: how the centers learn: Wen et al.'s update (paper's citation), or the center loss's gradient (released code)
+CENTER_UPDATES = ("wen", "gradient")
 MIXES = ("prob", "logit")
 REGULARIZERS = ("paper", "frobenius")
 CENTER_REDUCTIONS = ("half_sum", "mean")
@@ -54,8 +64,23 @@ def mix_predictions(logits: torch.Tensor, feat_pred: torch.Tensor, beta: float, 
 
 
 def center_sq_distances(feat: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """||x_i - h_{y_i}||^2 for each row; gradients reach both the features and the centers."""
+    """||x_i - h_{y_i}||^2 for each row; gradients reach the features, and the centers unless they are detached."""
     return (feat.float() - centers.float()[labels]).pow(2).sum(dim=1)
+
+
+@torch.no_grad()
+def wen_center_update(centers: torch.Tensor, feat: torch.Tensor, labels: torch.Tensor, alpha: float) -> None:
+    """Wen et al. (2016), Eq. 4 and Algorithm 1, in place: for each class j with n_j rows in the batch,
+    delta_j = sum_{i: y_i = j} (h_j - x_i) / (1 + n_j), then h_j <- h_j - alpha * delta_j (classes without rows
+    keep their center)."""
+    if labels.numel() == 0:
+        return
+    feat = feat.detach().to(centers.dtype)
+    counts = torch.zeros(centers.shape[0], dtype=centers.dtype, device=centers.device)
+    counts.index_add_(0, labels, torch.ones_like(labels, dtype=centers.dtype))
+    sums = torch.zeros_like(centers).index_add_(0, labels, feat)
+    delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
+    centers.sub_(alpha * delta)
 
 
 def center_loss(sq_dist_groups, reduction: str = "half_sum") -> torch.Tensor:
@@ -101,24 +126,31 @@ def etf_regularizer(centers: torch.Tensor, kind: str = "paper") -> torch.Tensor:
 class FeatureClassifierNet(BackboneWrapper):
     """A backbone plus the K x d class centers H (Eq. 4).
 
-    The forward pass keeps the backbone's ``{'logits', 'feat'}`` and adds ``feat_pred`` (Eq. 5) and ``mixture``
-    (Eq. 6), so the mixture is available wherever the model runs -- pseudo-labelling and test time alike.
+    The forward pass keeps the backbone's outputs and adds ``center_feat`` (the feature the feature classifier
+    reads: the encoder's ``feat``, the same tensor in train and eval mode, or with ``feature='head'`` the
+    dropped-out feature the linear classifier saw), ``feat_pred`` (Eq. 5) and ``mixture`` (Eq. 6), so the mixture
+    is available wherever the model runs -- pseudo-labelling and test time alike. Both are computed in float32,
+    also under autocast: a cosine near 1 or a dot product in the hundreds has no room for bf16's 8 bits.
     """
 
     own_no_weight_decay = ("centers",)
 
     def __init__(self, backbone: nn.Module, num_classes: int, beta: float = 0.5, similarity: str = "cosine",
-                 mix: str = "prob"):
+                 mix: str = "prob", feature: str = "encoder"):
         super().__init__(backbone)
-        if similarity not in SIMILARITIES or mix not in MIXES:
-            raise ValueError(f"similarity must be one of {SIMILARITIES} and mix one of {MIXES}")
-        self.beta, self.similarity, self.mix = float(beta), similarity, mix
+        if similarity not in SIMILARITIES or mix not in MIXES or feature not in FEATURES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, mix one of {MIXES} and feature one of "
+                             f"{FEATURES}")
+        self.beta, self.similarity, self.mix, self.feature_key = float(beta), similarity, mix, FEATURE_KEYS[feature]
         self.centers = nn.Parameter(torch.randn(num_classes, self.num_features))
 
     def forward(self, x, **kwargs):
         out = self.backbone(x, **kwargs)
         if not isinstance(out, dict):  # only_feat / only_fc calls pass straight through
             return out
-        out["feat_pred"] = feature_prediction(out["feat"], self.centers, self.similarity)
-        out["mixture"] = mix_predictions(out["logits"], out["feat_pred"], self.beta, self.mix)
+        # a USB net without a regularised head: its classifier reads the feature itself
+        out["center_feat"] = out.get(self.feature_key, out["feat"])
+        with torch.autocast(device_type=out["feat"].device.type, enabled=False):
+            out["feat_pred"] = feature_prediction(out["center_feat"].float(), self.centers.float(), self.similarity)
+            out["mixture"] = mix_predictions(out["logits"].float(), out["feat_pred"], self.beta, self.mix)
         return out

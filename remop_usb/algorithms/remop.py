@@ -65,11 +65,15 @@ import contextlib
 import torch
 from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core import ImbAlgorithmBase
+from semilearn.core.hooks import Hook
 from semilearn.core.utils import IMB_ALGORITHMS
 
+from ..errors import UserError
 from ..usb_compat import unwrap
 from .feature_classifier import (
     CENTER_REDUCTIONS,
+    CENTER_UPDATES,
+    FEATURES,
     MIXES,
     REGULARIZERS,
     SIMILARITIES,
@@ -77,6 +81,7 @@ from .feature_classifier import (
     center_loss,
     center_sq_distances,
     etf_regularizer,
+    wen_center_update,
 )
 
 PRESETS = {
@@ -90,6 +95,8 @@ PRESETS = {
         "remop_ulb_center_view": "strong",
         "remop_center_reduction": "mean",
         "remop_eval_centers": "live",
+        "remop_feature": "head",
+        "remop_center_update": "gradient",
     },
 }
 
@@ -103,7 +110,9 @@ class ForwardRecorder:
     the logits).
     """
 
-    FIELDS = ("logits", "feat", "mixture")
+    FIELDS = ("logits", "feat", "mixture", "center_feat")
+    #: kept with their autograd graph during a step (the center loss differentiates through them)
+    WITH_GRAD = ("center_feat",)
 
     def __init__(self):
         self.active = False
@@ -112,7 +121,8 @@ class ForwardRecorder:
     def hook(self, module, inputs, output):
         if not (isinstance(output, dict) and "mixture" in output):
             return
-        record = {k: output[k].detach() for k in self.FIELDS if k in output}
+        record = {k: output[k] if self.active and k in self.WITH_GRAD else output[k].detach()
+                  for k in self.FIELDS if k in output}
         if self.active:
             self.records.append(record)
         else:
@@ -138,26 +148,27 @@ class ForwardRecorder:
             return torch.softmax(record["logits"], dim=-1)
         return record.get(field)
 
-    def mixture_for(self, rows: torch.Tensor, field: str = "logits"):
-        """The mixture rows produced together with exactly these rows of ``field`` (``logits``, ``feat`` or
-        ``probs``) in one recorded forward pass, or None. Rows that are a view of a recorded output (what learners
-        slice from ``self.model(...)``) are found by their place in its memory; others by their values, where rows
-        found at several places with different mixtures are an error (they cannot be told apart)."""
+    def mixture_for(self, rows: torch.Tensor, field: str = "logits", want: str = "mixture"):
+        """The ``want`` rows (default the mixture) produced together with exactly these rows of ``field``
+        (``logits``, ``feat`` or ``probs``) in one recorded forward pass, or None. Rows that are a view of a recorded
+        output (what learners slice from ``self.model(...)``) are found by their place in its memory; others by their
+        values, where rows found at several places with different outputs are an error (they cannot be told
+        apart)."""
         rows = rows.detach()
         for record in self.records:
             start = _view_start(record.get(field), rows)
             if start is not None:
-                return record["mixture"][start:start + rows.shape[0]]
+                return record[want][start:start + rows.shape[0]]
         found = []
         for record in self.records:
             values = self._values(record, field)
             for s in ([] if values is None else _starts_of(values, rows)):
-                found.append(record["mixture"][s:s + rows.shape[0]])
+                found.append(record[want][s:s + rows.shape[0]])
         if not found:
             return None
-        if any(not torch.equal(found[0], other) for other in found[1:]):
+        if any(not torch.equal(found[0].detach(), other.detach()) for other in found[1:]):
             raise RuntimeError(f"ReMoP: these {field} rows occur several times in this step's forward passes with "
-                               f"different mixtures; cannot tell which mixture belongs to them")
+                               f"different {want} rows; cannot tell which belong to them")
         return found[0]
 
 
@@ -226,9 +237,22 @@ class ReMoP(ImbAlgorithmBase):
         self.ulb_center_view = args.remop_ulb_center_view
         self.center_grad_scale = float(args.remop_center_grad_scale)
         self.eval_centers = args.remop_eval_centers
+        self.feature = args.remop_feature
+        self.center_update = args.remop_center_update
+        self.center_alpha = float(args.remop_center_alpha)
+        if not 0.0 < self.center_alpha <= 1.0:
+            raise UserError(f"remop_center_alpha must be in (0, 1] (Wen et al.'s center learning rate), "
+                            f"got {args.remop_center_alpha}")
+        self.pending_center_update = None
 
     def _wrap(self, net):
-        return FeatureClassifierNet(net, self.num_classes, beta=self.beta, similarity=self.similarity, mix=self.mix)
+        return FeatureClassifierNet(net, self.num_classes, beta=self.beta, similarity=self.similarity, mix=self.mix,
+                                    feature=self.feature)
+
+    def set_hooks(self):
+        super().set_hooks()
+        if self.center_update == "wen":  # after the optimizer's step (HIGHEST), before the EMA copy (HIGH)
+            self.register_hook(CenterUpdateHook(), "CenterUpdateHook", "VERY_HIGH")
 
     # -- the mixture replaces the linear prediction for pseudo-labels (Eq. 7) -------------------------------------
     def compute_prob(self, logits):
@@ -272,11 +296,16 @@ class ReMoP(ImbAlgorithmBase):
                 raise RuntimeError(f"ReMoP needs out_dict['feat']['x_lb'] from the base algorithm "
                                    f"'{self.args.algorithm}' (USB's process_out_dict(feat=...) contract)")
             centers = unwrap(self.model).centers
-            groups = [center_sq_distances(feats["x_lb"], centers, kwargs["y_lb"])]
+            # Wen et al.: L_c's gradient reaches the features; the centers follow them by their own update
+            loss_centers = centers.detach() if self.center_update == "wen" else centers
+            rows = [(self._center_feat(feats["x_lb"]), kwargs["y_lb"])]
             mask_rate = 0.0
             if "x_ulb_w" in feats:
-                group, mask_rate = self._confident_unlabeled(feats, centers)
-                groups.append(group)
+                feat_ulb, pseudo, mask_rate = self._confident_unlabeled(feats)
+                rows.append((feat_ulb, pseudo))
+            groups = [center_sq_distances(f, loss_centers, y) for f, y in rows]
+        if self.center_update == "wen":
+            self.pending_center_update = (torch.cat([f.detach() for f, _ in rows]), torch.cat([y for _, y in rows]))
         loss_center = center_loss(groups, self.center_reduction)
         loss_reg = etf_regularizer(centers, self.reg_kind)
         out_dict["loss"] = out_dict["loss"] + self.lambda_center * loss_center + self.lambda_reg * loss_reg
@@ -285,11 +314,20 @@ class ReMoP(ImbAlgorithmBase):
         log_dict["train/remop_mask"] = mask_rate
         return out_dict, log_dict
 
-    def _confident_unlabeled(self, feats, centers):
-        """Squared distances of the unlabeled features whose weak-view mixture is confident (max p_m >= tau) to
-        the center of its argmax, and the fraction of such samples. A learner with two weak views (Ada-CM's
-        ``x_ulb_w_2``) pseudo-labels from their mean prediction, so the mean of the two mixtures decides here too;
-        the distances are those of the first weak view's features."""
+    def _center_feat(self, feat):
+        """The feature classifier's input (``center_feat``, with its graph) of the rows whose encoder feature is
+        ``feat`` (what the learner put in ``out_dict['feat']``)."""
+        found = self.recorder.mixture_for(feat, "feat", want="center_feat")
+        if found is None:
+            raise RuntimeError(f"ReMoP could not find the features of the base algorithm '{self.args.algorithm}' "
+                               f"in this step's forward passes")
+        return found
+
+    def _confident_unlabeled(self, feats):
+        """The unlabeled features whose weak-view mixture is confident (max p_m >= tau), their pseudo-labels
+        (argmax), and the fraction of such samples. A learner with two weak views (Ada-CM's ``x_ulb_w_2``)
+        pseudo-labels from their mean prediction, so the mean of the two mixtures decides here too; the features
+        are those of the first weak view (or of the strong view, ``remop_ulb_center_view: strong``)."""
         weak = _first(feats["x_ulb_w"])
         views = [weak] + ([_first(feats["x_ulb_w_2"])] if "x_ulb_w_2" in feats else [])
         mixtures = [self.recorder.mixture_for(view, "feat") for view in views]
@@ -298,8 +336,17 @@ class ReMoP(ImbAlgorithmBase):
                                f"'{self.args.algorithm}' in this step's forward passes")
         conf, pseudo = (sum(mixtures) / len(mixtures)).max(dim=1)
         mask = conf >= self.tau
-        feat_ulb = weak if self.ulb_center_view == "weak" else _first(feats["x_ulb_s"])
-        return center_sq_distances(feat_ulb[mask], centers, pseudo[mask]), mask.float().mean().item()
+        feat_ulb = self._center_feat(weak if self.ulb_center_view == "weak" else _first(feats["x_ulb_s"]))
+        return feat_ulb[mask], pseudo[mask], mask.float().mean().item()
+
+    def update_centers(self):
+        """Wen et al.'s center update from this step's labeled and confident unlabeled features (run by
+        :class:`CenterUpdateHook` after the optimizer's step)."""
+        if self.pending_center_update is None:
+            return
+        feat, labels = self.pending_center_update
+        self.pending_center_update = None
+        wen_center_update(unwrap(self.model).centers.data, feat, labels, self.center_alpha)
 
     # -- evaluation: the mixture at test time ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -331,6 +378,11 @@ class ReMoP(ImbAlgorithmBase):
             SSL_Argument("--remop_ulb_center_view", str, "weak", "unlabeled center loss features: weak | strong"),
             SSL_Argument("--remop_center_grad_scale", float, 1.0, "multiply the centers' gradient (official: 1e4)"),
             SSL_Argument("--remop_eval_centers", str, "ema", "centers used at evaluation: ema | live"),
+            SSL_Argument("--remop_feature", str, "encoder",
+                         f"feature of the feature classifier: {' | '.join(FEATURES)} (head: after the head's dropout)"),
+            SSL_Argument("--remop_center_update", str, "wen",
+                         f"how the centers learn: {' | '.join(CENTER_UPDATES)} (wen: Wen et al. 2016's update)"),
+            SSL_Argument("--remop_center_alpha", float, 0.5, "alpha of Wen et al.'s center update, in (0, 1]"),
         ]
 
     #: allowed values of the string options, checked by the config loader
@@ -342,7 +394,18 @@ class ReMoP(ImbAlgorithmBase):
         "remop_center_reduction": CENTER_REDUCTIONS,
         "remop_ulb_center_view": ("weak", "strong"),
         "remop_eval_centers": ("ema", "live"),
+        "remop_feature": FEATURES,
+        "remop_center_update": CENTER_UPDATES,
     }
+
+
+class CenterUpdateHook(Hook):
+    """Applies ReMoP's pending Wen et al. center update after each training step's optimizer step."""
+
+    checkpoint_attrs = ()  # no state: the centers are model parameters
+
+    def after_train_step(self, algorithm):
+        algorithm.update_centers()
 
 
 def _first(value):

@@ -32,9 +32,13 @@ CLASSWISE_BN_BRANCHES = ("head", "medium", "tail")
 class ResNet18FER(nn.Module):
     """torchvision ResNet-18 trunk -> 512-d pooled feature -> ``Dropout(p)`` -> ``Linear(512, num_classes)``.
 
-    As in the ReMoP / Ada-CM authors' backbone, dropout sits between the average pooling and the linear layer, and
-    the ``'feat'`` this model returns is the 512-d feature *after* dropout: in train mode it is randomly masked (and
-    scaled by ``1/(1-p)``), in eval mode it is the plain pooled feature. ``only_feat=True`` returns that same tensor.
+    As in the ReMoP / Ada-CM authors' backbone, dropout sits between the average pooling and the linear layer. The
+    ``'feat'`` this model returns is the encoder's 512-d pooled feature *before* dropout -- USB's network contract
+    (its nets return the feature their head reads, without the head's regularisation), and the same tensor in train
+    and eval mode. Dropout belongs to the linear head: ``logits = classifier(dropout(feat))``, and ``only_fc=True``
+    applies both. ``'classifier_input'`` is the dropped-out feature the classifier saw in this pass (the authors'
+    released ReMoP code computes its feature prediction and center loss from that tensor: ``remop_feature: head``).
+    ``only_feat=True`` returns ``'feat'``.
 
     Parameter names of the trunk are torchvision's (``conv1.weight``, ``bn1.running_mean``,
     ``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``, ...); the head is ``classifier.weight`` /
@@ -42,8 +46,8 @@ class ResNet18FER(nn.Module):
 
     With ``classwise_bn=True`` (or after :func:`add_classwise_bn`) the layer4 feature map goes through three
     parallel ``BatchNorm2d`` branches (``branch_bn.0/1/2``: head, medium, tail; CPE's class-wise BN) before pooling
-    and dropout; the output gains ``'branch_feat'`` ``(N, 3, 512)``, ``'feat'`` is the mean of the branch features
-    and ``'logits'`` the classifier of that mean (= the mean of the branch logits). The default model has no such
+    and dropout; the output gains ``'branch_feat'`` ``(N, 3, 512)`` (before dropout), ``'feat'`` is the mean of the
+    branch features and ``'logits'`` the head of that mean. The default model has no such
     module: its forward pass and state_dict keys are unchanged.
 
     Args:
@@ -80,27 +84,33 @@ class ResNet18FER(nn.Module):
         """
         Args:
             x: images ``(N, 3, H, W)``; with ``only_fc`` a feature ``(N, 512)``.
-            only_fc: ``x`` is a feature; return the classifier output (logits) only.
-            only_feat: return only the 512-d feature (pooled, after dropout).
+            only_fc: ``x`` is a feature; return the linear head's output (dropout, then the classifier) only.
+            only_feat: return only the 512-d pooled feature (before dropout).
         Returns:
-            ``{'logits': (N, num_classes), 'feat': (N, 512)}`` unless a flag says otherwise; with class-wise BN
-            also ``'branch_feat': (N, 3, 512)``.
+            ``{'logits': (N, num_classes), 'feat': (N, 512), 'classifier_input': (N, 512)}`` unless a flag says
+            otherwise; with class-wise BN also ``'branch_feat': (N, 3, 512)``.
         """
         if only_fc:
-            return self.classifier(x)
+            return self.linear_head(x)["logits"]
         fmap = self.extract(x)
         branch_feat = None
         if self.branch_bn is None:
-            feat = self.dropout(self._pool(fmap))
+            feat = self._pool(fmap)
         else:
-            branch_feat = self.dropout(torch.stack([self._pool(bn(fmap)) for bn in self.branch_bn], dim=1))
+            branch_feat = torch.stack([self._pool(bn(fmap)) for bn in self.branch_bn], dim=1)
             feat = branch_feat.mean(dim=1)
         if only_feat:
             return feat
-        out = {"logits": self.classifier(feat), "feat": feat}
+        out = {**self.linear_head(feat), "feat": feat}
         if branch_feat is not None:
             out["branch_feat"] = branch_feat
         return out
+
+    def linear_head(self, feat):
+        """The linear classifier on ``feat``: ``{'logits': classifier(dropout(feat)), 'classifier_input':
+        dropout(feat)}`` (dropout is the identity in eval mode)."""
+        dropped = self.dropout(feat)
+        return {"logits": self.classifier(dropped), "classifier_input": dropped}
 
     def _pool(self, fmap):
         return torch.flatten(self.avgpool(fmap), 1)
