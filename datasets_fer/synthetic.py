@@ -127,17 +127,21 @@ def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
-                intensity: Optional[float] = None) -> Image.Image:
+                intensity: Optional[float] = None, identity: Optional[np.random.Generator] = None) -> Image.Image:
     """Draw a ``size`` x ``size`` RGB face showing canonical ``expression`` (0..7, see ``labels.CANONICAL``).
 
     Everything random comes from ``rng``, consumed in a fixed order, so equal generator states give equal images.
     ``intensity`` (0..1) fixes the expression strength; by default it is drawn per sample (some faces are weak).
+    ``identity``, when given, supplies the person's own traits instead (face shape, skin, hair, eyes, brows, mouth):
+    generators in equal states give the same person, under the pose, lighting and expression ``rng`` draws. Without
+    it every face is a new person, and the image is the same as before this option existed.
     """
     if not (isinstance(expression, (int, np.integer)) and 0 <= int(expression) < len(CANONICAL)):
         raise ValueError(f"expression must be a canonical index 0..{len(CANONICAL) - 1}, not {expression!r}")
     if not (isinstance(size, (int, np.integer)) and size >= 16):
         raise ValueError(f"size must be an integer >= 16, not {size!r}")
     expression, size = int(expression), int(size)
+    idr = rng if identity is None else identity  # the person's traits
 
     # --- draws, in a fixed order -----------------------------------------------------------------------------
     drawn = float(np.clip(rng.beta(2.5, 1.2), 0.12, 1.0))  # always drawn, so `intensity` keeps the same identity
@@ -147,29 +151,29 @@ def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
     k = 2 if size >= 64 else int(math.ceil(128 / size))  # supersampling factor
     R = size * k
     scale = rng.uniform(1.0, 1.25)  # aligned crops: the face fills the frame, as after MTCNN alignment
-    fh = 0.45 * R * scale * rng.uniform(0.94, 1.06)  # face half-height
-    fw = fh * rng.uniform(0.70, 0.84)  # face half-width
+    fh = 0.45 * R * scale * idr.uniform(0.94, 1.06)  # face half-height
+    fw = fh * idr.uniform(0.70, 0.84)  # face half-width
     cx = R * (0.5 + rng.uniform(-0.05, 0.05))
     cy = R * (0.52 + rng.uniform(-0.04, 0.04))
     angle = rng.uniform(-15.0, 15.0)
     yaw = rng.uniform(-1.0, 1.0)
 
-    skin = _mix((242, 208, 182), (92, 58, 40), rng.uniform(0.0, 1.0))
-    skin = tuple(int(np.clip(c + rng.normal(0, 6), 0, 255)) for c in skin)
+    skin = _mix((242, 208, 182), (92, 58, 40), idr.uniform(0.0, 1.0))
+    skin = tuple(int(np.clip(c + idr.normal(0, 6), 0, 255)) for c in skin)
     bg = tuple(int(v) for v in rng.integers(30, 230, size=3))
-    hair_col = [(25, 20, 18), (70, 45, 25), (120, 80, 40), (200, 170, 110), (150, 150, 150)][int(rng.integers(0, 5))]
-    hair_style = int(rng.integers(0, 4))  # 0 none, 1 short, 2 long, 3 short with side part
-    hairline = rng.uniform(-0.08, 0.04)
+    hair_col = [(25, 20, 18), (70, 45, 25), (120, 80, 40), (200, 170, 110), (150, 150, 150)][int(idr.integers(0, 5))]
+    hair_style = int(idr.integers(0, 4))  # 0 none, 1 short, 2 long, 3 short with side part
+    hairline = idr.uniform(-0.08, 0.04)
     brow_col = _mix(hair_col, (20, 15, 12), 0.5)
-    iris_col = tuple(int(v) for v in rng.integers(20, 110, size=3))
-    eye_sep = rng.uniform(0.31, 0.40)
-    eye_y = -0.12 + rng.uniform(-0.03, 0.03)
-    brow_w = rng.uniform(0.045, 0.08)
-    mouth_y = 0.50 + rng.uniform(-0.03, 0.03)
-    mouth_w0 = rng.uniform(0.26, 0.32)
-    lip_w = rng.uniform(0.03, 0.05)
-    asym_side = 1.0 if rng.random() < 0.5 else -1.0
-    snarl_side = 1.0 if rng.random() < 0.5 else -1.0
+    iris_col = tuple(int(v) for v in idr.integers(20, 110, size=3))
+    eye_sep = idr.uniform(0.31, 0.40)
+    eye_y = -0.12 + idr.uniform(-0.03, 0.03)
+    brow_w = idr.uniform(0.045, 0.08)
+    mouth_y = 0.50 + idr.uniform(-0.03, 0.03)
+    mouth_w0 = idr.uniform(0.26, 0.32)
+    lip_w = idr.uniform(0.03, 0.05)
+    asym_side = 1.0 if idr.random() < 0.5 else -1.0
+    snarl_side = 1.0 if idr.random() < 0.5 else -1.0
 
     grad_theta = rng.uniform(0, 2 * math.pi)
     grad_strength = rng.uniform(0.0, 0.45)

@@ -58,6 +58,7 @@ COMMANDS = {
     "leaderboard": ("remop_usb.leaderboard:main", "mean +- std table over seeds of a sweep's runs"),
     "plots": ("remop_usb.plots:main", "redraw a finished run's figures"),
     "bench": ("remop_usb.bench:main", "training-step and data-loader benchmark"),
+    "pretrain": ("remop_usb.pretrain:main", "train the synthetic face-recognition backbone (MS-Celeb-1M stand-in)"),
     "inpl-cutoff": ("remop_usb.inpl_cutoff:main", "measure InPL's energy cutoff on a base-learner checkpoint"),
 }
 

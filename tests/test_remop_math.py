@@ -12,6 +12,7 @@ from remop_usb.algorithms.feature_classifier import (
     etf_regularizer,
     feature_prediction,
     mix_predictions,
+    wen_center_update,
 )
 from remop_usb.algorithms.remop import ForwardRecorder
 
@@ -139,3 +140,44 @@ class _TinyBackbone(torch.nn.Module):
     def forward(self, x, only_fc=False, only_feat=False, **kwargs):
         feat = self.body(x)
         return {"logits": self.classifier(feat), "feat": feat}
+
+
+def test_wen_center_update_by_hand():
+    """Wen et al. 2016, Eq. 4: delta_j = sum_{y_i = j} (h_j - x_i) / (1 + n_j); h_j <- h_j - alpha * delta_j."""
+    centers = torch.tensor([[0.0, 0.0], [2.0, 2.0], [5.0, 5.0]])
+    feat = torch.tensor([[3.0, 0.0], [0.0, 3.0], [4.0, 4.0]])
+    wen_center_update(centers, feat, torch.tensor([0, 0, 1]), alpha=0.5)
+    # class 0: n = 2, delta = ((0-3) + (0-0), (0-0) + (0-3)) / 3 = (-1, -1) -> h_0 = (0.5, 0.5)
+    # class 1: n = 1, delta = (2-4, 2-4) / 2 = (-1, -1) -> h_1 = (2.5, 2.5); class 2 has no row: unchanged
+    assert centers.tolist() == [[0.5, 0.5], [2.5, 2.5], [5.0, 5.0]]
+    wen_center_update(centers, feat[:0], torch.tensor([], dtype=torch.long), alpha=0.5)
+    assert centers.tolist() == [[0.5, 0.5], [2.5, 2.5], [5.0, 5.0]]
+
+
+def test_repeated_wen_updates_converge_to_the_class_mean():
+    """Fed the same rows again and again, a center converges to their mean: the fixed point of Eq. 4."""
+    centers = torch.tensor([[10.0, -10.0]])
+    feat = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    for _ in range(60):
+        wen_center_update(centers, feat, torch.tensor([0, 0]), alpha=0.5)
+    assert torch.allclose(centers, torch.tensor([[2.0, 3.0]]), atol=1e-5)
+
+
+def test_in_train_mode_a_feature_at_its_center_is_predicted_with_certainty():
+    """The feature prediction reads the encoder feature, not the head's dropped-out input: in train mode (dropout
+    0.5) a feature equal to its class center still has cosine 1, and with a confident linear prediction the mixture
+    clears tau = 0.95 (with the dropped-out feature the cosine would be about 1/sqrt(2) and p_m <= 0.86)."""
+    from remop_usb.nets.resnet_fer import resnet18_fer
+
+    torch.manual_seed(0)
+    net = FeatureClassifierNet(resnet18_fer(num_classes=3, dropout=0.5), num_classes=3, beta=0.5).train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        feat = net.backbone(x, only_feat=True)  # train mode: batch statistics, same in every pass
+        net.centers[1].copy_(feat[2])
+        net.backbone.classifier.weight.zero_()
+        net.backbone.classifier.bias.copy_(torch.tensor([0.0, 20.0, 0.0]))  # p_l(1) = 1 - 2e-9
+        out = net(x)
+    assert out["feat_pred"][2, 1].item() == pytest.approx(1.0, abs=1e-5)
+    assert out["mixture"][2, 1].item() >= 0.95
+    assert out["mixture"][2].argmax().item() == 1
