@@ -6,6 +6,14 @@ declared as ``prediction_heads = (("mixture", "mixture"), ("linear", "logits"))`
 output dict), primary first; an algorithm without the attribute has the one head its ``out_key`` names. The primary
 head drives USB's ``eval/top-1-acc`` (and so model selection); the others are logged as ``eval/<head>/...``.
 
+``eval/loss`` is the primary head's: the cross-entropy of its logits, or, for an output that is already a probability
+row (:data:`PROBABILITY_OUTPUTS`: ReMoP's ``mixture``), the negative log-likelihood of the row clamped at
+:data:`PROBABILITY_FLOOR` and renormalised to sum 1 (:func:`head_loss`). With ``remop_mix: prob`` (Eq. 6) a mixture
+row need not be a distribution: the cosine term can make an entry negative and the row sum differ from 1; the clamp
+keeps the log finite (a true class at or below the floor costs about -log(1e-6) = 13.8) and the renormalisation
+turns the row into the distribution it ranks the classes by. For a softmax row (``remop_mix: logit``) both are no-ops
+above the floor, and the loss is the cross-entropy of the logits it is the softmax of.
+
 The EMA model (``algorithm.ema_model``, kept in sync by USB's EMAHook) is what gets evaluated, so a checkpoint loaded
 with ``load_model`` is evaluated with its own EMA weights.
 """
@@ -25,6 +33,22 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
 )
+
+
+#: model outputs that are probability rows, not logits (ReMoP's FeatureClassifier: the Eq. 6 mixture)
+PROBABILITY_OUTPUTS = frozenset({"mixture"})
+#: the floor a probability row is clamped at before its log (:func:`head_loss`)
+PROBABILITY_FLOOR = 1e-6
+
+
+def head_loss(output, y_true, key) -> float:
+    """The mean loss of the head whose model output is ``key`` over the rows labeled >= 0: cross-entropy of logits,
+    or for :data:`PROBABILITY_OUTPUTS` the NLL of the row clamped at :data:`PROBABILITY_FLOOR` and renormalised."""
+    output, y_true = torch.as_tensor(output).double(), torch.as_tensor(y_true).long()
+    if key in PROBABILITY_OUTPUTS:
+        probs = output.clamp_min(PROBABILITY_FLOOR)
+        return F.nll_loss(torch.log(probs / probs.sum(dim=1, keepdim=True)), y_true, ignore_index=-1).item()
+    return F.cross_entropy(output, y_true, ignore_index=-1).item()
 
 
 def heads_of(algorithm, out_key="logits"):
@@ -74,17 +98,15 @@ def predict(algorithm, dest, keys):
 
 def evaluate_heads(algorithm, eval_dest="eval", out_key="logits"):
     """Every head on loader ``eval_dest``: ``(metrics, primary head's logits)``, the metrics under USB's keys
-    (``eval/top-1-acc``, ...: the primary head) and ``eval/<head>/top-1-acc``, ``.../balanced_acc`` for the others."""
+    (``eval/loss`` -- :func:`head_loss` --, ``eval/top-1-acc``, ...: the primary head) and ``eval/<head>/top-1-acc``, ``.../balanced_acc`` for the others."""
     heads = heads_of(algorithm, out_key)
     keys = output_keys(heads)
-    loss_key = "logits" if "logits" in keys else keys[0]
     y_true, outputs = predict(algorithm, eval_dest, keys)
     primary = outputs[heads[0][1]]
     y_pred = primary.argmax(axis=1)
     labeled = y_true >= 0
-    loss = F.cross_entropy(torch.from_numpy(outputs[loss_key]), torch.from_numpy(y_true), ignore_index=-1).item()
     result = {
-        f"{eval_dest}/loss": loss,
+        f"{eval_dest}/loss": head_loss(primary, y_true, heads[0][1]),
         f"{eval_dest}/top-1-acc": accuracy_score(y_true[labeled], y_pred[labeled]),
         f"{eval_dest}/balanced_acc": balanced_accuracy_score(y_true[labeled], y_pred[labeled]),
         f"{eval_dest}/precision": precision_score(y_true[labeled], y_pred[labeled], average="macro", zero_division=0),

@@ -48,7 +48,7 @@ METHODS: Dict[str, Tuple[str, dict]] = {
     "adsh": ("FixMatch w/ Adsh (Guo & Li, 2022)", {**_FIXMATCH, "imb_algorithm": "adsh", "adsh_tau_1": 0.95,
                                                    "adsh_usb_bugs": False}),
     "inpl": ("FixMatch w/ InPL (Yu et al., 2023)", {**{k: v for k, v in _FIXMATCH.items() if k != "p_cutoff"},
-                                                    "imb_algorithm": "inpl", "inpl_energy_cutoff": -4.6,
+                                                    "imb_algorithm": "inpl", "inpl_energy_cutoff": None,
                                                     "inpl_temperature": 1.0, "inpl_marginal_loss": False,
                                                     "inpl_marginal_tau": 0.5, "inpl_qhat_momentum": 0.999}),
     "cpe": ("FixMatch w/ CPE (Ma et al., 2024)", {**_FIXMATCH, "imb_algorithm": "cpe", "cpe_tau_long_tailed": 0.0,
@@ -158,8 +158,8 @@ _COMMENTS = {
     "remop_preset": "or `official`: the released code's choices (README)",
     "test_data_dir": "<- CK+ (cohn-kanade-images/ and Emotion/)",
     "ulb_data_dir": "<- AffectNet, its training images as the unlabeled pool",
-    "inpl_energy_cutoff": "pseudo-label when -T*logsumexp(z_w/T) <= this (p_cutoff unused); measured on the demo "
-                          "data: re-measure for yours with remop-usb inpl-cutoff (README: InPL)",
+    "inpl_energy_cutoff": "<- pseudo-label when -T*logsumexp(z_w/T) <= this; measure it with remop-usb inpl-cutoff "
+                          "(or auto; README: InPL). Unset, the run stops and names the command",
     "inpl_temperature": "T of the energy score (paper: 1)",
     "inpl_marginal_loss": "adaptive marginal loss z_s + tau*log(q_hat); off in the paper's long-tailed runs",
     "inpl_marginal_tau": "tau of the adaptive marginal loss",
@@ -171,7 +171,12 @@ _COMMENTS = {
     "cpe_cut2": "... and those of rank >= cut2 the tail branch",
     "cpe_test_expert": "long_tailed | uniform | inverse: the primary head in results.json",
 }
+#: keys of a method's demo config that differ from its paper configs
+#: (InPL: no measured cutoff to ship, so the demo measures it in the run; its base learner's tau until then)
+DEMO_METHOD_KEYS = {"inpl": {"inpl_energy_cutoff": "auto", "p_cutoff": 0.95}}
 _DEMO_COMMENTS = {"data_dir": "synthetic RAF-DB, written here on first use", "pretrain_path": None,
+                  "inpl_energy_cutoff": "auto: measured in the run at num_train_iter // 2, FixMatch's mask "
+                                        "(p_cutoff) until then (README: InPL)",
                   "crop_ratio": None, "num_train_iter": None,
                   "ema_m": "no EMA: over a few hundred steps from random init the EMA weights lag the live BN "
                            "statistics"}
@@ -217,7 +222,8 @@ def paper_config(method: str, setting: Setting, save_dir: str = None) -> Tuple[s
 
 
 def demo_config(method: str) -> Tuple[str, str]:
-    keys = _ordered({**_method_keys(method), "save_dir": "./saved_models/demo", "save_name": method, **DEMO})
+    keys = _ordered({**_method_keys(method), "save_dir": "./saved_models/demo", "save_name": method, **DEMO,
+                     **DEMO_METHOD_KEYS.get(method, {})})
     title = (f"{METHODS[method][0]} on the synthetic demo RAF-DB (written into data_dir on first use); sized for 2 "
              f"CPU cores, runs unchanged on a GPU")
     return os.path.join("config", "demo", f"{method}.yaml"), render(title, keys, {**_COMMENTS, **_DEMO_COMMENTS})

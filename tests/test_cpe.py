@@ -227,3 +227,7 @@ def test_evaluation_predicts_with_the_test_expert(alg):
     assert result["eval/long_tailed/top-1-acc"] == pytest.approx((y == 0).float().mean().item())
     assert result["eval/inverse/top-1-acc"] == pytest.approx((y == 5).float().mean().item())
     assert result["eval/balanced_acc"] == pytest.approx(1 / 7)  # one class right, six wrong
+    # eval/loss is the uniform expert's: logits one-hot at 3, CE = ln(6 + e) - [y == 3] (the long-tailed head's
+    # would be ln(6 + e) - [y == 0])
+    expected = math.log(6 + math.e) - (y == 3).double().mean().item()
+    assert result["eval/loss"] == pytest.approx(expected, abs=1e-6)

@@ -1,5 +1,6 @@
 """InPL (energy-based pseudo-labelling) against values computed by hand, inside USB's real FixMatch step."""
 
+import glob
 import json
 import math
 import os
@@ -175,33 +176,169 @@ def test_train_py_writes_results_on_the_shared_split(tiny_rafdb, tmp_path, demo_
     assert "train/inpl_mask" in log
 
 
-def test_labeled_energy_cutoff_is_a_quantile_of_the_labeled_images_energies(alg):
+# -- the cutoff: calibration in train mode, no default, `auto` ----------------------------------------------------
+
+class _BatchNormLogits(torch.nn.Module):
+    """logits = BatchNorm1d(x) without affine parameters: in train mode (x - batch mean) / batch std, in eval mode
+    (x - running mean) / running std -- x itself while the running statistics are the initial 0 and 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm1d(2, affine=False, eps=1e-12)
+
+    def forward(self, x):
+        return {"logits": self.bn(x)}
+
+
+def test_calibration_runs_the_model_in_train_mode_and_leaves_it_unchanged():
+    from remop_usb.algorithms.inpl import train_mode_logits
+
+    model = _BatchNormLogits().eval()
+    dataset = [{"x_lb": torch.tensor(row)} for row in ([0.0, 0.0], [2.0, 4.0])]
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    logits = train_mode_logits(model, dataset, batch_size=8)
+    # train mode: batch mean [1, 2], biased std [1, 2] -> rows [-1, -1] and [1, 1]
+    assert torch.allclose(logits, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    energies = energy_score(logits)
+    assert torch.allclose(energies, torch.tensor([1 - math.log(2), -1 - math.log(2)]))
+    # eval mode would give logits x: energies -ln 2 and -(4 + ln(1 + e^-2)) -- 1 and 0.86 apart from train mode's
+    with torch.no_grad():
+        eval_energies = energy_score(model(torch.tensor([[0.0, 0.0], [2.0, 4.0]]))["logits"])
+    assert torch.allclose(eval_energies, torch.tensor([-math.log(2), -4 - math.log(1 + math.exp(-2))]))
+    # the model as it was: eval mode, running statistics and batch counter untouched; the global RNG not consumed
+    assert not model.training
+    assert torch.equal(model.bn.running_mean, torch.zeros(2)) and torch.equal(model.bn.running_var, torch.ones(2))
+    assert model.bn.num_batches_tracked.item() == 0
+    assert torch.equal(torch.rand(3), expected_draw)
+
+
+def test_labeled_energy_cutoff_is_the_quantile_of_train_mode_energies_and_changes_nothing(alg):
     from datasets_fer.transforms import eval_transform
     from remop_usb.algorithms.inpl import labeled_energy_cutoff
 
     dataset = alg.dataset_dict["train_lb"]
     weak = dataset.transform
     dataset.transform = eval_transform(32)  # deterministic images, to recompute the energies by hand
+    before = {k: v.clone() for k, v in alg.model.state_dict().items()}
     try:
+        torch.manual_seed(123)
         cutoff = labeled_energy_cutoff(alg, 0.25)
-        model = alg.ema_model.eval()
-        with torch.no_grad():
-            images = torch.stack([dataset[i]["x_lb"] for i in range(len(dataset))])
-            energies = -torch.logsumexp(model(images)["logits"], dim=1)
-        model.train()
+        after = alg.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # BN running statistics included
+        torch.manual_seed(0)  # the run's seed: the calibration's loader and dropout draws
+        (images,) = [b["x_lb"] for b in torch.utils.data.DataLoader(dataset, batch_size=len(dataset))]
     finally:
         dataset.transform = weak
-    assert len(energies) == 56
+    assert len(images) == 56  # one batch (eval_batch_size 64): BatchNorm normalises over all 56
+    model = alg.model
+    with torch.no_grad():
+        energies = -torch.logsumexp(model.train()(images)["logits"], dim=1)
+        eval_energies = -torch.logsumexp(model.eval()(images)["logits"], dim=1)
+    model.train()
+    alg.model.load_state_dict(before)  # the hand-computed train-mode pass moved the running statistics
     assert cutoff == pytest.approx(torch.quantile(energies.double(), 0.25).item(), abs=1e-4)
     assert int((energies <= cutoff + 1e-6).sum()) == 14  # a quarter of the 56 labeled images at or below it
+    assert abs(cutoff - torch.quantile(eval_energies.double(), 0.25).item()) > 1e-3  # not the eval-mode value
 
 
-def test_demo_config_uses_the_measured_default(tiny_rafdb, tmp_path):
-    from remop_usb.algorithms.inpl import DEFAULT_ENERGY_CUTOFF
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INPL_PAPER_CONFIGS = sorted(glob.glob(os.path.join(REPO, "config", "paper", "*", "inpl_*.yaml")))
 
-    args = parse_args(train_argv(tiny_rafdb, tmp_path, config="config/demo/inpl.yaml"))
-    assert args.inpl_energy_cutoff == DEFAULT_ENERGY_CUTOFF == -4.6
-    assert (args.inpl_marginal_loss, args.inpl_temperature) == (False, 1.0)
+
+def test_no_shipped_config_but_the_demos_carries_a_cutoff():
+    assert len(INPL_PAPER_CONFIGS) == 10  # every setting of Tables 3-5
+    for path in glob.glob(os.path.join(REPO, "config", "**", "*.yaml"), recursive=True):
+        values = [ln.split("#")[0].split(":", 1)[1].strip() for ln in open(path)
+                  if ln.startswith("inpl_energy_cutoff:")]
+        expected = (["auto"] if path.endswith(os.path.join("demo", "inpl.yaml")) else
+                    ["None"] if path in INPL_PAPER_CONFIGS else [])
+        assert values == expected, path
+
+
+@pytest.mark.parametrize("path", INPL_PAPER_CONFIGS, ids=os.path.basename)
+def test_paper_configs_stop_with_one_line_naming_the_calibration_command(path, tmp_path):
+    from conftest import one_line_error
+    from remop_usb.launch import build_algorithm
+
+    args = parse_args(["--c", path, "--device", "cpu", "--save_dir", str(tmp_path)])
+    assert args.inpl_energy_cutoff is None
+    line = next(i for i, text in enumerate(open(path), 1) if text.startswith("inpl_energy_cutoff:"))
+    msg = one_line_error(build_algorithm, args)
+    base = path.replace(os.sep + "inpl_", os.sep + "fixmatch_")
+    half = args.num_train_iter // 2
+    assert msg.startswith(f"{path}:{line}: inpl_energy_cutoff is not set;")
+    assert f"python train.py --c {base} --num_train_iter {half} --save_name fixmatch_half" in msg
+    assert (f"`remop-usb inpl-cutoff --c {path} --load_path "
+            f"{os.path.join(str(tmp_path), 'fixmatch_half', 'latest_model.pth')}`") in msg
+    assert "set inpl_energy_cutoff to the value it prints" in msg and "inpl_energy_cutoff: auto" in msg
+
+
+def test_train_py_without_a_cutoff_exits_2_with_one_line(tiny_rafdb, tmp_path, capsys):
+    assert main(train_argv(tiny_rafdb, tmp_path, config="config/demo/inpl.yaml", inpl_energy_cutoff="None")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: command line: inpl_energy_cutoff is not set;")
+    assert "remop-usb inpl-cutoff --c" in err[0] and "config/demo/inpl.yaml --load_path" in err[0]
+
+
+def test_cutoff_values(tiny_rafdb, tmp_path):
+    from conftest import config_error
+
+    argv = train_argv(tiny_rafdb, tmp_path, config="config/demo/inpl.yaml")
+    assert parse_args(argv).inpl_energy_cutoff == "auto"  # the demo measures it in the run
+    assert parse_args(argv + ["--inpl_energy_cutoff", "-7.25"]).inpl_energy_cutoff == -7.25
+    path, msg = config_error(tmp_path, "algorithm: fixmatch\nimb_algorithm: inpl\ninpl_energy_cutoff: .nan\n")
+    assert msg == f"{path}:3: key 'inpl_energy_cutoff' expects a finite number, auto, or None, got nan"
+
+
+def test_auto_uses_fixmatchs_mask_then_the_cutoff_measured_at_half_the_schedule(alg):
+    assert alg.auto_cutoff and alg.energy_cutoff is None and alg.calibration_iter == 3  # num_train_iter 6
+    batch = one_batch(alg)
+    torch.manual_seed(0)
+    _, log, weak, mask = _weak_logits_of_step(alg, batch)  # it = 0: the base learner, FixMatch's confidence mask
+    assert torch.equal(mask, (torch.softmax(weak, dim=1).max(dim=1).values >= alg.p_cutoff).float())
+    assert alg.energy_cutoff is None and "train/inpl_energy_cutoff" not in log
+    alg.it = 2
+    alg.train_step(**batch)
+    assert alg.energy_cutoff is None
+    alg.it = 3
+    expected = __import__("remop_usb.algorithms.inpl").algorithms.inpl.labeled_energy_cutoff(alg)
+    torch.manual_seed(0)
+    _, log, weak, mask = _weak_logits_of_step(alg, batch)  # measured first, then the energy mask
+    assert alg.energy_cutoff == expected and math.isfinite(expected)
+    assert log["train/inpl_energy_cutoff"] == expected
+    assert torch.equal(mask, (-torch.logsumexp(weak, dim=1) <= expected).float())
+
+
+def test_auto_cutoff_equals_the_commands_on_the_same_checkpoint_and_is_resumed(tiny_rafdb, tmp_path, capsys):
+    """`auto` and `remop-usb inpl-cutoff` are one measurement: the same number on the same weights and data."""
+    from conftest import start_training, step_on
+    from remop_usb.cli import main as cli
+
+    alg = build(tiny_rafdb, tmp_path)
+    start_training(alg)
+    batch = one_batch(alg)
+    step_on(alg, batch)  # weights that are not the initial ones' ...
+    assert alg.energy_cutoff is None
+    alg.save_model("base.pth", str(tmp_path))  # ... saved before the cutoff is measured
+    alg.it = alg.calibration_iter
+    alg.train_step(**batch)
+    measured = alg.energy_cutoff
+    assert math.isfinite(measured)
+    flags = ["--data_dir", os.path.dirname(alg.args.data_dir + "/"), "--num_labels", "20", "--lb_imb_ratio", "10",
+             "--img_size", "32", "--num_workers", "0", "--device", "cpu", "--eval_batch_size", "64"]
+    capsys.readouterr()
+    # an InPL config without a cutoff (as the paper configs): the command measures it all the same
+    assert cli(["inpl-cutoff", "--c", "config/demo/inpl.yaml", "--inpl_energy_cutoff", "None", "--load_path",
+                os.path.join(tmp_path, "base.pth"), *flags]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("inpl_energy_cutoff:")]
+    assert float(line[0].split()[1]) == pytest.approx(measured, abs=1e-4)
+    # a resumed auto run keeps the measured cutoff
+    alg.save_model("measured.pth", str(tmp_path))
+    alg.energy_cutoff = None
+    alg.load_model(os.path.join(tmp_path, "measured.pth"))
+    assert alg.energy_cutoff == measured
 
 
 def test_cutoff_command_measures_the_labeled_quantile_of_a_checkpoint(tiny_rafdb, tmp_path, capsys):
@@ -209,7 +346,6 @@ def test_cutoff_command_measures_the_labeled_quantile_of_a_checkpoint(tiny_rafdb
     import numpy as np
 
     from remop_usb.cli import main as cli
-    from remop_usb.launch import seed_everything
 
     run = dict(config="config/demo/fixmatch.yaml", num_train_iter=2, num_eval_iter=2)
     assert main(train_argv(tiny_rafdb, tmp_path, save_name="fm", **run)) == 0
@@ -221,15 +357,15 @@ def test_cutoff_command_measures_the_labeled_quantile_of_a_checkpoint(tiny_rafdb
                 *flags]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("inpl_energy_cutoff:")]
     printed = float(line[0].split()[1])
-    # by hand: the EMA model of the checkpoint, eval mode, -logsumexp of each labeled image's logits
+    # by hand: the training model of the checkpoint in train mode, the 56 labeled images' weak views in one batch
+    # (eval_batch_size 128), augmentations and dropout drawn from the seed 0
     alg = build(tiny_rafdb, tmp_path, config="config/demo/fixmatch.yaml")
     alg.load_model(ckpt)
-    alg.ema_model.eval()
-    seed_everything(0)  # as the command does: the same weak-view augmentations
     labeled = alg.dataset_dict["train_lb"]
+    torch.manual_seed(0)
     (images,) = [b["x_lb"] for b in torch.utils.data.DataLoader(labeled, batch_size=len(labeled), shuffle=False)]
     with torch.no_grad():
-        energies = [-torch.logsumexp(alg.ema_model(x[None])["logits"][0], 0).item() for x in images]
+        energies = -torch.logsumexp(alg.model.train()(images)["logits"], dim=1).numpy()
     assert printed == pytest.approx(np.quantile(energies, 0.25), abs=1e-4)
     assert f"of {len(energies)} labeled images' energies" in line[0]
     assert cli(["inpl-cutoff", "--c", "config/demo/fixmatch.yaml", "--load_path", ckpt, "--quantile", "2"]) == 2

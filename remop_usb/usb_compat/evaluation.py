@@ -8,6 +8,9 @@ every batch moved with ``.cuda(self.gpu)``         :func:`remop_usb.evaluation.p
 one head, ``out_key`` (ABC's override: its         every head of ``prediction_heads``: the primary under USB's
   auxiliary head only)                               keys (model selection), the others as
                                                    ``eval/<head>/top-1-acc`` and ``eval/<head>/balanced_acc``
+``eval/loss``: cross-entropy of ``out_key``'s      the primary head's (``remop_usb.evaluation.head_loss``:
+  output, read as logits                           cross-entropy of logits, NLL of a probability head
+                                                   such as ReMoP's mixture)
 precision / recall / F1 warn on a class never      ``zero_division=0``
   predicted
 rows labeled -1 are left out of the loss only      left out of the metrics as well
