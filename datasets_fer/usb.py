@@ -336,7 +336,10 @@ def build_fer_datasets(args, algorithm: str):
               "excluded_images": {p.name: [list(e) for e in p.excluded] for p in parts.values() if p.excluded}}
     _record_split(args, split, class_names(k), parts["eval"].labels, extras)
 
-    weak, strong = weak_transform(args.img_size, args.crop_ratio), strong_transform(args.img_size, args.crop_ratio)
+    crop = {name: getattr(args, key) for key, name in (("crop_prob", "crop_prob"), ("crop_padding_mode", "padding_mode"))
+            if hasattr(args, key)}  # the crop options; a namespace without them gets the transforms' defaults
+    weak = weak_transform(args.img_size, args.crop_ratio, **crop)
+    strong = strong_transform(args.img_size, args.crop_ratio, **crop)
     evaluation = eval_transform(args.img_size)
     train = parts["train"]
     lb = FERImageDataset(algorithm, train.paths[split.lb_idx], train.labels[split.lb_idx], k, weak, False, None,

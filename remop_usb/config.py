@@ -20,6 +20,7 @@ from semilearn.algorithms.utils import str2bool  # noqa: E402  (USB's, so its al
 
 from .errors import OneLineArgumentParser, UserError, where
 from .usb_compat.optim import OPTIMIZERS, SCHEDULES
+from datasets_fer.transforms import CROP_PADDING_MODES  # noqa: E402
 
 DESCRIPTION = """Train a USB algorithm (optionally wrapped by an imbalanced algorithm such as ReMoP).
 Keys are USB's own names; give them in a YAML file with --c and/or as flags.
@@ -67,7 +68,11 @@ def _add_usb_arguments(p):
 
     g = p.add_argument_group("training")
     g.add_argument("--epoch", type=int, default=1)
-    g.add_argument("--num_train_iter", type=int, default=20)
+    g.add_argument("--num_train_iter", type=int, default=None,
+                   help="[plugin default] total iterations; not given: epoch x num_iter_per_epoch")
+    g.add_argument("--num_iter_per_epoch", type=int, default=1000,
+                   help="[plugin] iterations per epoch, when num_train_iter is not given (the ReMoP paper's 1,000, "
+                   "Sec. 5.2; its released code's 800); given, num_train_iter / epoch")
     g.add_argument("--num_warmup_iter", type=int, default=0)
     g.add_argument("--num_eval_iter", type=int, default=10)
     g.add_argument("--num_log_iter", type=int, default=5)
@@ -77,6 +82,9 @@ def _add_usb_arguments(p):
     g.add_argument("--uratio", type=int, default=1)
     g.add_argument("--eval_batch_size", type=int, default=16)
     g.add_argument("--ema_m", type=float, default=0.999)
+    g.add_argument("--ema_weight_decay", type=float, default=0.0,
+                   help="[plugin] after each EMA update, multiply the model's weights by (1 - lr x this): the "
+                   "decoupled weight decay of the ReMoP authors' WeightEMA (0.02); 0: off")
     g.add_argument("--ulb_loss_ratio", type=float, default=1.0)
 
     g = p.add_argument_group("optimizer")
@@ -94,6 +102,9 @@ def _add_usb_arguments(p):
     g.add_argument("--use_pretrain", type=str2bool, default=False)
     g.add_argument("--pretrain_path", type=str, default="", help="resnet18_fer: MS-Celeb-1M checkpoint "
                    "(resnet18_msceleb.pth or ijba_res18_naive.pth.tar)")
+    g.add_argument("--demo_pretrain", type=str2bool, default=False,
+                   help="[plugin] with an empty pretrain_path: load the synthetic face-recognition backbone "
+                        "(remop-usb pretrain, the MS-Celeb-1M stand-in), built into cache_dir on first use")
 
     g = p.add_argument_group("algorithm")
     g.add_argument("-alg", "--algorithm", type=str, default="fixmatch")
@@ -193,6 +204,11 @@ def _add_fer_data_arguments(p):
     g.add_argument("--cache_dir", type=str, default="",
                    help="[plugin] readers' conversions and the image-check cache; '': $REMOP_USB_CACHE, else "
                         "~/.cache/remop-usb")
+    g.add_argument("--crop_prob", type=float, default=1.0,
+                   help="[plugin] probability of the weak (and strong) view's random crop after padding by "
+                   "img_size x (1 - crop_ratio) (the ReMoP authors' code: 0.5)")
+    g.add_argument("--crop_padding_mode", type=str, default="reflect", choices=CROP_PADDING_MODES,
+                   help="[plugin] padding of that crop: reflect (USB's) or constant (zeros: the ReMoP authors' code)")
     g.add_argument("--rafdb_image_dir", type=str, default="aligned",
                    help="[plugin] RAF-DB official layout: the images under basic/Image/ -- aligned (the "
                         "<name>_aligned.jpg crops) or any other folder X holding basic/Image/X/<name>.jpg (e.g. "
@@ -222,8 +238,9 @@ def _check_fer_data(args):
         if name and not folder and not args.demo_data:
             raise UserError(f"{name_key}: {name} needs {dir_key}, the folder holding {name}")
     defaults = _fer_data_defaults()
-    used = [k for k in ("test_dataset", "ulb_dataset", "eval_split", "cache_dir", "rafdb_image_dir")
-            if getattr(args, k) != defaults[k]]
+    used = [k for k in ("test_dataset", "ulb_dataset", "eval_split", "cache_dir", "rafdb_image_dir", "crop_prob",
+                        "crop_padding_mode")
+            if getattr(args, k, defaults[k]) != defaults[k]]  # a split's keys (datasets_fer.split_cli) lack the crop
     if used and args.dataset not in FER_DATASETS:
         raise UserError(f"{', '.join(used)} apply to FER datasets only ({', '.join(names)}), not dataset "
                         f"'{args.dataset}'")
@@ -401,18 +418,95 @@ def _resolve_names(cli_argv, yaml_values):
     return algorithm, imb
 
 
-def _apply_presets(args, explicit):
-    """Fill keys from a preset (e.g. remop_preset: official) unless the YAML or the command line set them."""
-    for name in (args.algorithm, args.imb_algorithm):
-        if not name:
-            continue
-        cls = registry.imb_algorithm_class(name) if name == args.imb_algorithm else registry.algorithm_class(name)
-        key = getattr(cls, "PRESET_KEY", None)
-        if key is None:
-            continue
-        for k, v in cls.PRESETS[getattr(args, key)].items():
-            if k not in explicit:
+#: a key that, with ``epoch``, fixes a preset key: an explicit num_train_iter fixes the iterations per epoch
+IMPLIED_BY = {"num_iter_per_epoch": "num_train_iter"}
+
+
+def preset_classes(algorithm, imb_algorithm):
+    """The classes of this run's algorithms that declare presets (``PRESET_KEY`` and ``PRESETS``)."""
+    classes = [registry.algorithm_class(algorithm)] if algorithm else []
+    classes += [registry.imb_algorithm_class(imb_algorithm)] if imb_algorithm else []
+    return [cls for cls in classes if getattr(cls, "PRESET_KEY", None)]
+
+
+def preset_keys(cls) -> set:
+    """Every key some preset of ``cls`` sets."""
+    return {k for preset in cls.PRESETS.values() for k in preset}
+
+
+def pinning_keys(algorithm, imb_algorithm) -> set:
+    """Keys a config of these algorithms must leave unset for every preset to take effect: the keys the presets set
+    and the keys that imply them (:data:`IMPLIED_BY`)."""
+    keys = set().union(*(preset_keys(cls) for cls in preset_classes(algorithm, imb_algorithm)))
+    return keys | {IMPLIED_BY[k] for k in keys if k in IMPLIED_BY}
+
+
+def _implied(args, key):
+    """The value of ``key`` that its :data:`IMPLIED_BY` key sets (iterations per epoch: num_train_iter / epoch)."""
+    value = args.num_train_iter / args.epoch
+    return int(value) if value == int(value) else value
+
+
+def _explicit_setting(args, key, origins):
+    """(value, key that sets it) when the YAML or the command line fixes ``key``, directly or through
+    :data:`IMPLIED_BY`; else None."""
+    if key in origins:
+        return getattr(args, key), key
+    via = IMPLIED_BY.get(key)
+    if via in origins and getattr(args, via) is not None:
+        return _implied(args, key), via
+    return None
+
+
+def _contradiction(preset_key, preset, key, value, setting, origins, args) -> str:
+    """The line naming an explicit setting that contradicts the preset (the explicit one wins)."""
+    explicit, via = setting
+    origin = origins[via]
+    said = f"--{via} {getattr(args, via)}" if origin == COMMAND_LINE else _shown(getattr(args, via))
+    if via != key:
+        said = (f"{said if origin == COMMAND_LINE else f'{via} {said}'} (epoch {args.epoch}: {_shown(explicit)} "
+                f"per epoch)")
+    return f"[remop-usb] {preset_key} {preset} sets {key}={_shown(value)}; {origin} sets {said}, which wins"
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _apply_presets(args, origins):
+    """Fill keys from a preset (e.g. remop_preset: official) unless the YAML or the command line set them
+    (``origins``: key -> file:line or COMMAND_LINE); each such key that contradicts the preset is named in one printed
+    line, with the value that wins (the explicit one). Equal values say nothing."""
+    for cls in preset_classes(args.algorithm, args.imb_algorithm):
+        preset = getattr(args, cls.PRESET_KEY)
+        for k, v in cls.PRESETS[preset].items():
+            setting = _explicit_setting(args, k, origins)
+            if setting is None:
                 setattr(args, k, v)
+            elif setting[0] != v:
+                print(_contradiction(cls.PRESET_KEY, preset, k, v, setting, origins, args))
+
+
+def _check_schedule(args):
+    if args.epoch < 1 or (args.num_train_iter is not None and args.num_train_iter < 1) or args.num_iter_per_epoch < 1:
+        raise UserError(f"epoch ({args.epoch}), num_train_iter ({args.num_train_iter}) and num_iter_per_epoch "
+                        f"({args.num_iter_per_epoch}) must be positive")
+    if args.num_train_iter is not None and args.num_train_iter % args.epoch:
+        raise UserError(f"num_train_iter ({args.num_train_iter}) must be a multiple of epoch ({args.epoch})")
+
+
+def _resolve_schedule(args, origins):
+    """num_train_iter = epoch x num_iter_per_epoch when num_train_iter is not given; given, it sets the iterations
+    per epoch (both given and disagreeing: an error)."""
+    if args.num_train_iter is None:
+        args.num_train_iter = args.epoch * args.num_iter_per_epoch
+        return
+    per_epoch = args.num_train_iter // args.epoch
+    if "num_iter_per_epoch" in origins and args.num_iter_per_epoch != per_epoch:
+        raise UserError(f"{origins['num_train_iter']}: num_train_iter {args.num_train_iter} is {args.epoch} epochs x "
+                        f"{per_epoch}, but {origins['num_iter_per_epoch']} sets num_iter_per_epoch "
+                        f"{args.num_iter_per_epoch}; give one of them")
+    args.num_iter_per_epoch = per_epoch
 
 
 def parse_args(argv=None):
@@ -445,9 +539,13 @@ def parse_args(argv=None):
     if extras:
         raise _unexpected_argument(extras[0], list(actions), algorithm, imb)
 
-    explicit = set(yaml_values) | set(vars(build_parser(algorithm, imb, suppress_defaults=True).parse_args(argv)))
+    command_line = set(vars(build_parser(algorithm, imb, suppress_defaults=True).parse_args(argv)))
+    origins = {k: where(known.c, yaml_lines.get(k)) for k in yaml_values}
+    origins.update((k, COMMAND_LINE) for k in command_line)
     args.algorithm, args.imb_algorithm = algorithm, imb
-    _apply_presets(args, explicit)
+    _check_schedule(args)
+    _apply_presets(args, origins)
+    _resolve_schedule(args, origins)
     validate(args)
     return args
 
@@ -457,10 +555,10 @@ def validate(args):
     for key, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"key '{key}' must be a finite number, got {value}")
-    if args.epoch < 1 or args.num_train_iter < 1:
-        raise UserError(f"epoch ({args.epoch}) and num_train_iter ({args.num_train_iter}) must be positive")
-    if args.num_train_iter % args.epoch:
-        raise UserError(f"num_train_iter ({args.num_train_iter}) must be a multiple of epoch ({args.epoch})")
+    _check_schedule(args)
+    if args.ema_weight_decay < 0 or not 0.0 <= args.crop_prob <= 1.0:
+        raise UserError(f"ema_weight_decay ({args.ema_weight_decay}) must be >= 0 and crop_prob ({args.crop_prob}) "
+                        f"in [0, 1]")
     if args.dataset not in registry.datasets():
         raise UserError(f"unknown dataset '{args.dataset}'{_closest(args.dataset, registry.datasets())} "
                         f"known: {', '.join(registry.datasets())}")

@@ -22,6 +22,7 @@ Each file trains seed 0; a sweep (``remop-usb sweep``) overrides ``seed`` and ``
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -174,6 +175,8 @@ _COMMENTS = {
 #: keys of a method's demo config that differ from its paper configs
 #: (InPL: no measured cutoff to ship, so the demo measures it in the run; its base learner's tau until then)
 DEMO_METHOD_KEYS = {"inpl": {"inpl_energy_cutoff": "auto", "p_cutoff": 0.95}}
+#: the comment on ``epoch`` where a preset sets the iterations per epoch (no num_train_iter in the file)
+_EPOCH_OF_PRESET = "x num_iter_per_epoch iterations (1,000: Sec. 5.2; remop_preset official: 800)"
 _DEMO_COMMENTS = {"data_dir": "synthetic RAF-DB, written here on first use", "pretrain_path": None,
                   "inpl_energy_cutoff": "auto: measured in the run at num_train_iter // 2, FixMatch's mask "
                                         "(p_cutoff) until then (README: InPL)",
@@ -216,14 +219,37 @@ def paper_config(method: str, setting: Setting, save_dir: str = None) -> Tuple[s
     name = f"{method}_{setting.name}"
     keys = {**_method_keys(method), "save_dir": save_dir or f"./saved_models/{setting.table}",
             "save_name": f"{name}_s0", **PAPER_COMMON, **setting.keys()}
-    keys = _ordered(keys)
+    keys = _ordered(_unpinned(keys))
     title = f"{METHODS[method][0]} -- {setting.table}, setting {setting.name}"
-    return os.path.join("config", "paper", setting.table, f"{name}.yaml"), render(title, keys, _COMMENTS)
+    comments = _COMMENTS if "num_train_iter" in keys else {**_COMMENTS, "epoch": _EPOCH_OF_PRESET}
+    return os.path.join("config", "paper", setting.table, f"{name}.yaml"), render(title, keys, comments)
+
+
+def _unpinned(keys: dict, implied: bool = True) -> dict:
+    """``keys`` without those that a preset of the method's algorithms sets (e.g. ``ulb_loss_ratio`` under
+    ``remop_preset``), so that every preset takes effect on the file; ``implied=False`` keeps the keys that only
+    imply a preset key (``num_train_iter``, which with ``epoch`` fixes ``num_iter_per_epoch``): the demo keeps its
+    iterations, its CPU budget, and a preset's other value is named when the run starts."""
+    from .config import IMPLIED_BY
+
+    drop = _pinning_keys(keys["algorithm"], keys["imb_algorithm"])
+    if not implied:
+        drop = drop - {IMPLIED_BY[k] for k in drop if k in IMPLIED_BY}
+    return {k: v for k, v in keys.items() if k not in drop}
+
+
+@functools.lru_cache(maxsize=None)
+def _pinning_keys(algorithm, imb_algorithm) -> frozenset:
+    from . import registry
+    from .config import pinning_keys
+
+    registry.load()
+    return frozenset(pinning_keys(algorithm, imb_algorithm))
 
 
 def demo_config(method: str) -> Tuple[str, str]:
-    keys = _ordered({**_method_keys(method), "save_dir": "./saved_models/demo", "save_name": method, **DEMO,
-                     **DEMO_METHOD_KEYS.get(method, {})})
+    keys = _ordered(_unpinned({**_method_keys(method), "save_dir": "./saved_models/demo", "save_name": method, **DEMO,
+                               **DEMO_METHOD_KEYS.get(method, {})}, implied=False))
     title = (f"{METHODS[method][0]} on the synthetic demo RAF-DB (written into data_dir on first use); sized for 2 "
              f"CPU cores, runs unchanged on a GPU")
     return os.path.join("config", "demo", f"{method}.yaml"), render(title, keys, {**_COMMENTS, **_DEMO_COMMENTS})

@@ -90,6 +90,9 @@ def test_official_preset_fills_only_keys_not_set_explicitly(tmp_path):
     assert args.remop_ulb_center_view == "strong" and args.remop_eval_centers == "live"
     assert args.remop_mix == "prob"                  # YAML wins over the preset
     assert args.remop_reg == "paper"                 # the command line wins over the preset
+    assert (args.use_cat, args.ema_weight_decay, args.crop_prob, args.crop_padding_mode) == (False, 0.02, 0.5,
+                                                                                            "constant")
+    assert (args.num_iter_per_epoch, args.num_train_iter) == (800, 800)  # epoch 1 (USB's default) of 800
 
 
 def test_paper_is_the_default_preset(tmp_path):
@@ -97,6 +100,9 @@ def test_paper_is_the_default_preset(tmp_path):
     assert (args.remop_preset, args.remop_similarity, args.remop_mix, args.remop_reg) == (
         "paper", "cosine", "prob", "paper")
     assert args.remop_center_grad_scale == 1.0 and args.ulb_loss_ratio == 1.0
+    assert (args.use_cat, args.ema_weight_decay, args.crop_prob, args.crop_padding_mode) == (True, 0.0, 1.0,
+                                                                                            "reflect")
+    assert (args.num_iter_per_epoch, args.num_train_iter) == (1000, 1000)
 
 
 def test_help_mentions_precedence_and_plugin_keys(tmp_path, capsys):
@@ -129,3 +135,42 @@ def test_real_rafdb_config_has_the_papers_hyper_parameters():
     assert (args.epoch, args.num_train_iter, args.img_size) == (100, 100000, 224)
     assert (args.p_cutoff, args.remop_beta, args.remop_lambda_center, args.remop_lambda_reg) == (0.95, 0.5, 1e-4, 0.1)
     assert args.net == "resnet18_fer" and args.use_pretrain and args.pretrain_path.endswith("resnet18_msceleb.pth")
+
+
+# -- presets against explicit keys ----------------------------------------------------------------------------------
+
+def _notices(capsys):
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("[remop-usb]")]
+
+
+def test_a_yaml_key_contradicting_the_preset_is_named_in_one_line_and_wins(tmp_path, capsys):
+    cfg = write(tmp_path, BASE + "remop_preset: official\nulb_loss_ratio: 1.0\nremop_similarity: dot\n")
+    args = parse_args(["--c", cfg])
+    assert args.ulb_loss_ratio == 1.0  # the YAML wins
+    assert args.remop_similarity == "dot"  # equal to the preset's: nothing to say
+    assert _notices(capsys) == [f"[remop-usb] remop_preset official sets ulb_loss_ratio=0.2; {cfg}:7 sets 1.0, "
+                                f"which wins"]
+
+
+def test_a_flag_contradicting_the_preset_is_named_in_one_line_and_wins(tmp_path, capsys):
+    args = parse_args(["--c", write(tmp_path, BASE + "ulb_loss_ratio: 1.0\n"), "--remop_preset", "official",
+                       "--ulb_loss_ratio", "0.5", "--use_cat", "True"])
+    assert (args.ulb_loss_ratio, args.use_cat) == (0.5, True)
+    assert _notices(capsys) == [
+        "[remop-usb] remop_preset official sets ulb_loss_ratio=0.2; command line sets --ulb_loss_ratio 0.5, which wins",
+        "[remop-usb] remop_preset official sets use_cat=False; command line sets --use_cat True, which wins"]
+
+
+def test_the_preset_sets_the_schedule_unless_num_train_iter_is_given(tmp_path, capsys):
+    cfg = write(tmp_path, BASE + "epoch: 4\n")
+    paper, official = parse_args(["--c", cfg]), parse_args(["--c", cfg, "--remop_preset", "official"])
+    assert (paper.num_iter_per_epoch, paper.num_train_iter) == (1000, 4000)  # Sec. 5.2: 1,000 a epoch
+    assert (official.num_iter_per_epoch, official.num_train_iter) == (800, 3200)  # released code: 800
+    assert _notices(capsys) == []
+    given = parse_args(["--c", cfg, "--remop_preset", "official", "--num_train_iter", "400"])
+    assert (given.num_iter_per_epoch, given.num_train_iter) == (100, 400)
+    assert _notices(capsys) == ["[remop-usb] remop_preset official sets num_iter_per_epoch=800; command line sets "
+                                "--num_train_iter 400 (epoch 4: 100 per epoch), which wins"]
+    with pytest.raises(UserError, match=r"command line: num_train_iter 400 is 4 epochs x 100, but .*c\.yaml:7 sets "
+                                        r"num_iter_per_epoch 800; give one of them"):
+        parse_args(["--c", write(tmp_path, BASE + "epoch: 4\nnum_iter_per_epoch: 800\n"), "--num_train_iter", "400"])

@@ -68,3 +68,67 @@ def test_readme_examples_equal_their_table_3_cell():
     cell = _parsed("config/paper/table3/remop_fixmatch_rafdb_500_150.yaml")
     differ = {k for k in vars(cell) if getattr(cell, k) != getattr(example, k)}
     assert differ == {"save_dir", "c"}
+
+
+# -- presets: a generated config never pins a key that a preset sets --------------------------------------------
+
+def _preset_runs():
+    """(config, preset class, preset name) for every generated config whose algorithms declare presets."""
+    import yaml
+
+    from remop_usb.config import preset_classes
+
+    runs, files = [], pc.all_configs()
+    for rel in sorted(files):
+        keys = yaml.safe_load(files[rel])
+        imb = None if keys["imb_algorithm"] in (None, "None") else keys["imb_algorithm"]
+        for cls in preset_classes(keys["algorithm"], imb):
+            runs += [(rel, cls, preset) for preset in cls.PRESETS]
+    return runs
+
+
+PRESET_RUNS = _preset_runs()
+
+
+def test_every_preset_bearing_config_is_covered():
+    files = {rel for rel, _, _ in PRESET_RUNS}
+    assert len(files) == 37  # 3 ReMoP methods x 10 paper cells, 6 ReMoP demo configs, the README example
+    assert {preset for _, _, preset in PRESET_RUNS} == {"paper", "official"}
+
+
+@pytest.mark.parametrize("rel,cls,preset", PRESET_RUNS, ids=[f"{r}-{p}" for r, _, p in PRESET_RUNS])
+def test_each_preset_takes_effect_on_each_generated_config(rel, cls, preset, capsys):
+    from remop_usb.config import IMPLIED_BY, build_parser, preset_keys
+
+    args = _parsed(rel, f"--{cls.PRESET_KEY}", preset)
+    defaults = {a.dest: a.default for a in build_parser(args.algorithm, args.imb_algorithm)._actions}
+    demo_budget = "/demo/" in rel  # the demo keeps its num_train_iter (CPU budget); the line names it
+    for key in preset_keys(cls):
+        expected = cls.PRESETS[preset].get(key, defaults[key])  # paper: the argument default
+        if demo_budget and key in IMPLIED_BY:
+            assert getattr(args, key) == args.num_train_iter // args.epoch
+            continue
+        assert getattr(args, key) == expected, (key, getattr(args, key), expected)
+    lines = capsys.readouterr().out.splitlines()
+    named = [line for line in lines if line.startswith(f"[remop-usb] {cls.PRESET_KEY} ")]
+    if demo_budget and preset == "official":
+        path = os.path.join(REPO, rel)
+        with open(path) as f:
+            line = next(i for i, text in enumerate(f, 1) if text.startswith("num_train_iter:"))
+        assert named == [f"[remop-usb] remop_preset official sets num_iter_per_epoch=800; {path}:{line} sets "
+                         f"num_train_iter {args.num_train_iter} (epoch {args.epoch}: "
+                         f"{args.num_train_iter // args.epoch} per epoch), which wins"]
+        assert args.num_train_iter // args.epoch != 800
+    else:
+        assert named == []
+
+
+def test_paper_defaults_are_the_papers():
+    """The paper preset is the argument defaults: Sec. 5.2's 1,000 iterations an epoch, the unsupervised loss
+    unweighted (Eq. 9), USB's one forward pass, no extra weight decay (Adam, constant lr), USB's crop."""
+    args = _parsed("config/paper/table3/remop_fixmatch_rafdb_500_150.yaml")
+    assert (args.num_iter_per_epoch, args.epoch, args.num_train_iter) == (1000, 100, 100000)
+    assert (args.ulb_loss_ratio, args.use_cat, args.ema_weight_decay) == (1.0, True, 0.0)
+    assert (args.crop_prob, args.crop_padding_mode) == (1.0, "reflect")
+    official = _parsed("config/paper/table3/remop_fixmatch_rafdb_500_150.yaml", "--remop_preset", "official")
+    assert (official.num_iter_per_epoch, official.epoch, official.num_train_iter) == (800, 100, 80000)

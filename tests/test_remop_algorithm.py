@@ -59,3 +59,40 @@ def test_official_preset_evaluates_with_the_live_centers(tiny_rafdb, tmp_path):
     live.grad = None
     live.sum().backward()
     assert torch.allclose(live.grad, torch.full_like(live, 1e4))  # released code: grad * 1/lambda1
+
+
+def test_per_view_passes_find_the_weak_views_mixture(tiny_rafdb, tmp_path):
+    """use_cat: False (official): USB's FixMatch runs x_lb, x_ulb_s, then x_ulb_w, each a pass of its own, so
+    BatchNorm sees each view's statistics; the mask and pseudo-labels still come from the weak view's mixture."""
+    alg = build(tiny_rafdb, tmp_path, use_cat=False, p_cutoff=0.0, remop_p_cutoff=0.0)
+    assert alg.use_cat is False
+    seen = {}
+    original = alg.call_hook
+
+    def spy(fn_name, hook_name=None, *args, **kwargs):
+        if hook_name == "MaskingHook":
+            seen["probs"] = kwargs["logits_x_ulb"].clone()
+        return original(fn_name, hook_name, *args, **kwargs)
+
+    alg.call_hook = spy
+    batch = one_batch(alg)
+    out, log = alg.train_step(**batch)
+    lb, strong, weak = alg.recorder.records  # one record per pass, in USB's order
+    assert [r["logits"].shape[0] for r in (lb, strong, weak)] == [batch["y_lb"].shape[0]] + \
+        [batch["x_ulb_w"].shape[0]] * 2
+    assert torch.equal(seen["probs"], weak["mixture"])
+    assert not torch.equal(weak["mixture"], strong["mixture"])
+    assert not torch.allclose(weak["mixture"], torch.softmax(weak["logits"], dim=-1))
+    assert log["train/remop_mask"] == 1.0  # tau 0: every weak-view mixture is confident
+    assert torch.isfinite(out["loss"])
+
+
+def test_official_preset_builds_the_released_training_loop(tiny_rafdb, tmp_path):
+    from torchvision import transforms
+
+    alg = build(tiny_rafdb, tmp_path, remop_preset="official")
+    assert alg.use_cat is False and alg.args.ema_weight_decay == 0.02
+    crop = alg.loader_dict["train_lb"].dataset.transform.transforms[1]
+    assert isinstance(crop, transforms.RandomApply) and crop.p == 0.5
+    assert crop.transforms[0].padding_mode == "constant"
+    assert isinstance(alg.loader_dict["train_ulb"].dataset.strong_transform.transforms[1], transforms.RandomApply)

@@ -57,6 +57,28 @@ Options reproducing the authors' released code (each a key; ``remop_preset: offi
    confident strong-view features, each part averaged (where the released code gets 0/0 = NaN with no confident
    sample, we add 0);
 7. ``remop_eval_centers: live`` -- evaluation mixes the EMA backbone/classifier with the live (non-EMA) centers.
+
+The released code's training loop, also set by ``official`` (plugin and USB keys, usable with any method):
+
+- ``use_cat: False`` -- one forward pass per view (labeled, weak, strong), so BatchNorm normalises each view with
+  its own batch statistics; the recorder keeps every pass of the step, so the mixture of the weak view is found in
+  its own pass;
+- ``ema_weight_decay: 0.02`` -- the released ``WeightEMA``'s decoupled weight decay: after each EMA update the
+  model's weights are multiplied by (1 - lr x 0.02) (:mod:`remop_usb.usb_compat.ema`); the centers are exempt
+  (the released code keeps them outside the model);
+- ``crop_prob: 0.5`` and ``crop_padding_mode: constant`` -- the weak crop is ``RandomApply([RandomCrop(size,
+  padding)], p=0.5)`` with zero padding (:mod:`datasets_fer.transforms`; the strong view shares the geometry);
+- ``num_iter_per_epoch: 800`` -- epochs of 800 iterations (the paper: 1,000), so 100 epochs are 80,000 iterations.
+  A config that sets ``num_train_iter`` fixes the iterations per epoch itself (the demo configs do, for their CPU
+  budget); the start of the run names it.
+
+What still differs from the released code (hangyu94/ReMoP, ``main.py``): its ``WeightEMA`` also averages the
+BatchNorm running statistics (USB copies them) and decays them with the weights; its strong view applies
+RandAugment (its own implementation) to the image before the resize and crop, here USB's RandAugment after them;
+USB's FixMatch runs the strong view before the weak one (the released code: weak, then strong), which changes the
+order of the BatchNorm running-statistics updates; it evaluates once an epoch (every 800 iterations) where the
+paper configs evaluate every ``num_eval_iter`` (1,000); and its labeled/unlabeled split is drawn by its own
+procedure.
 """
 
 from __future__ import annotations
@@ -97,6 +119,11 @@ PRESETS = {
         "remop_eval_centers": "live",
         "remop_feature": "head",
         "remop_center_update": "gradient",
+        "use_cat": False,
+        "ema_weight_decay": 0.02,
+        "crop_prob": 0.5,
+        "crop_padding_mode": "constant",
+        "num_iter_per_epoch": 800,
     },
 }
 

@@ -16,6 +16,12 @@ end-of-run reload of model_best) leaves the     what the next update starts from
 shadow as it was
 ==============================================  ===================================================================
 
+``ema_weight_decay`` (a plugin key, default 0: off) adds the decoupled weight decay of the ReMoP authors'
+``WeightEMA``: right after each EMA update, every weight of the training model is multiplied by
+(1 - lr x ema_weight_decay), lr being its parameter group's current learning rate (:func:`decay_weights`).
+Parameters a network wrapper exempts from weight decay (``own_no_weight_decay``: ReMoP's centers, which the
+released code keeps outside its model) are left alone.
+
 ``algorithm.ema`` keeps USB's interface (``shadow``, ``update``, ``apply_shadow``, ``restore``, ``load``);
 tests/test_speed.py checks the EMA model against USB's hook over several steps.
 """
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import torch
 from semilearn.core.utils import EMA
+
+from . import unwrap
 
 
 def _buffers(module) -> dict:
@@ -78,6 +86,26 @@ def after_train_step(self, algorithm):
     if algorithm.ema is not None:
         algorithm.ema.update()
         algorithm.ema.copy_buffers()
+    decay_weights(algorithm)
+
+
+def _decayed_groups(algorithm) -> list:
+    """(optimizer parameter group, its parameters that ``ema_weight_decay`` shrinks) for every group."""
+    net = unwrap(algorithm.model)
+    exempt = {id(p) for n, p in net.named_parameters() if n in getattr(net, "own_no_weight_decay", ())}
+    return [(group, [p for p in group["params"] if id(p) not in exempt]) for group in algorithm.optimizer.param_groups]
+
+
+def decay_weights(algorithm):
+    """``ema_weight_decay`` > 0: every decayed weight p <- p x (1 - lr x ema_weight_decay) (the released
+    ``WeightEMA.step``, after the EMA update)."""
+    rate = getattr(algorithm.args, "ema_weight_decay", 0.0)
+    if not rate:
+        return
+    with torch.no_grad():
+        for group, params in _decayed_groups(algorithm):
+            if params:
+                torch._foreach_mul_(params, 1.0 - group["lr"] * rate)
 
 
 #: USB's own ``EMAHook`` methods, kept for comparison (tests)
