@@ -368,4 +368,8 @@ def test_cutoff_command_measures_the_labeled_quantile_of_a_checkpoint(tiny_rafdb
         energies = -torch.logsumexp(alg.model.train()(images)["logits"], dim=1).numpy()
     assert printed == pytest.approx(np.quantile(energies, 0.25), abs=1e-4)
     assert f"of {len(energies)} labeled images' energies" in line[0]
+    # the command a cutoff-less InPL run names: its own config, the base learner's checkpoint -- the same figures
+    assert cli(["inpl-cutoff", "--c", "config/demo/inpl.yaml", "--inpl_energy_cutoff", "None", "--load_path", ckpt,
+                "--quantile", "0.25", *flags]) == 0
+    assert [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("inpl_energy_cutoff:")] == line
     assert cli(["inpl-cutoff", "--c", "config/demo/fixmatch.yaml", "--load_path", ckpt, "--quantile", "2"]) == 2
