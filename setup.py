@@ -23,6 +23,7 @@ setup(
         "scikit-image",
         "matplotlib",
         "wandb",
+        "tqdm",
     ],
     extras_require={"test": ["pytest>=7.3"]},
     # A separate package extends remop-usb without editing it by declaring the group "remop_usb.plugins" in ITS

@@ -99,6 +99,7 @@ def run(args):
 
     config = runconfig.snapshot(args)  # as parsed, before it is adapted to this machine
     device = resolve_device(args)
+    resolve_pretrain(args)  # before any worker starts: one process builds the stand-in
     started_over = resolve_resume(args)
     if args.rank == 0:
         prepare_save_dir(args, keep=started_over)
@@ -119,8 +120,19 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def resolve_pretrain(args):
+    """``demo_pretrain: True`` with an empty ``pretrain_path``: the synthetic stand-in's checkpoint (built on first
+    use), loaded like real weights. A ``pretrain_path`` given is used as it is."""
+    if getattr(args, "demo_pretrain", False) and not str(args.pretrain_path or "").strip():
+        from .pretrain import ensure_pretrained
+
+        args.pretrain_path = ensure_pretrained(cache_dir=getattr(args, "cache_dir", "") or None)
+        args.use_pretrain = True
+
+
 def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
     """USB's algorithm object (plain or wrapped by the imbalanced algorithm), models placed on the device."""
+    resolve_pretrain(args)
     from semilearn.algorithms import get_algorithm
     from semilearn.core.utils import get_net_builder
     from semilearn.imb_algorithms import get_imb_algorithm
@@ -140,6 +152,9 @@ def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
     from .diagnostics import attach_diagnostics
 
     attach_diagnostics(algorithm)  # with diagnostics: True (default); W&B is USB's use_wandb hook, see usb_compat
+    from .pseudo_labels import attach_pseudo_label_monitor
+
+    attach_pseudo_label_monitor(algorithm)  # train/pl_mask, train/pl_acc: what the unlabeled loss trains on
     return algorithm
 
 

@@ -8,8 +8,8 @@ scale, lighting, noise and expression. The people are drawn from their own rando
 so they are not the people of the demo dataset (every demo image draws a new person from the ``rafdb/...`` streams).
 
 Images are rendered on the fly (0.7 ms each at 48 px), so there is no dataset on disk; image ``i`` of the run
-depends only on ``(seed, i)``. Training is deterministic for a given torch build and thread count: SGD with
-Nesterov momentum and a cosine schedule (a short run that must end converged), on a sample stream seeded by
+depends only on ``(seed, i)``. Training is deterministic for a given torch build and thread count: AdamW with a
+cosine schedule (a short run from random initialisation that must end converged), on a sample stream seeded by
 ``seed``. The result is written in the MS-Celeb checkpoint layout (``{'state_dict': torchvision keys + fc}``, the
 ``fc`` being the identity classifier), so ``pretrain_path`` loads it through the same loader as the real weights
 (:func:`~remop_usb.nets.resnet_fer.load_face_checkpoint`).
@@ -56,8 +56,8 @@ class PretrainSettings:
     steps: int = 900
     batch_size: int = 64
     img_size: int = 48
-    lr: float = 0.1
-    weight_decay: float = 5e-4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
     seed: int = 0
 
     def check(self):
@@ -129,8 +129,7 @@ def train(settings: PretrainSettings, log=print):
     settings.check()
     torch.manual_seed(settings.seed)
     model = ResNet18FER(settings.num_classes, dropout=0.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
-                                weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, settings.steps) / settings.steps)))
     loader = torch.utils.data.DataLoader(SyntheticFaces(settings, settings.steps * settings.batch_size),

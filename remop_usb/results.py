@@ -19,6 +19,7 @@ import numpy as np
 
 from datasets_fer.labels import class_names
 
+from . import pseudo_labels
 from .fileio import write_json_atomic
 from .runconfig import method_name
 
@@ -114,6 +115,7 @@ def summarize(algorithm, save_path):
     summary["last"] = {"it": int(args.num_train_iter),
                        **_evaluate_checkpoint(algorithm, os.path.join(save_path, "latest_model.pth"), names, test_set)}
     best_path = os.path.join(save_path, "model_best.pth")
+    summary["pseudo_labels"] = pseudo_labels.run_summary(algorithm)
     summary["best"] = None
     if os.path.exists(best_path):
         entry = _evaluate_checkpoint(algorithm, best_path, names, test_set)
@@ -139,6 +141,15 @@ def one_line(summary):
         extra = f" [{test['dataset']} {test['split']}: {heads(entry['test_heads'])}]" if entry.get("test_heads") else ""
         return f"{tag}@{entry['it']} {heads(entry['heads'])}{extra}"
 
+    def unlabeled(figures):
+        final = {s: f["final"] for s, f in sorted((figures or {}).items()) if f.get("final")}
+        if not final:
+            return ""
+        acc = lambda f: "-" if f["acc"] is None else f"{100 * f['acc']:.1f}"  # noqa: E731
+        rows = ", ".join(f"{s} mask {f['mask']:.2f} acc {acc(f)}" for s, f in final.items())
+        return f" | pseudo-labels (last 10% of steps) {rows}"
+
     sha = (summary["split_sha256"] or "-")[:12]
     return (f"[remop-usb] {method_name(summary)} {summary['dataset']} seed {summary['seed']} split {sha} | "
-            f"{part('best', summary['best'])} | {part('last', summary['last'])} (overall/mean class acc, %)")
+            f"{part('best', summary['best'])} | {part('last', summary['last'])} (overall/mean class acc, %)"
+            f"{unlabeled(summary.get('pseudo_labels'))}")

@@ -47,6 +47,7 @@ USAGE_STARTS = {
     "plots": "usage: remop-usb plots [-h] [--checkpoint {last,best}] run_dir",
     "bench": "usage: remop-usb bench [-h] [--device {cpu,cuda}]",
     "inpl-cutoff": "usage: remop-usb inpl-cutoff [-h] --c C --load_path LOAD_PATH",
+    "pretrain": "usage: remop-usb pretrain [-h] [--out OUT] [--cache_dir CACHE_DIR]",
 }
 
 

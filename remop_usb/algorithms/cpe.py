@@ -36,6 +36,7 @@ from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core import ImbAlgorithmBase
 from semilearn.core.utils import IMB_ALGORITHMS
 
+from .. import pseudo_labels
 from ..errors import UserError
 from ..nets.resnet_fer import add_classwise_bn
 from ..nets.wrapper import BackboneWrapper
@@ -164,6 +165,8 @@ class CPE(ImbAlgorithmBase):
         probs = self.compute_prob(w_branch.mean(dim=1).detach())
         conf, pseudo = probs.max(dim=-1)
         masks = branch_masks(pseudo, conf >= self.p_cutoff, self.ranks, self.cuts)
+        if e == 0:  # the long-tailed expert's head branch learns every confident pseudo-label
+            pseudo_labels.record(self, "pl", pseudo, masks[:, 0])
         return sup, branch_consistency_loss(s_branch, pseudo, masks), masks
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):

@@ -90,6 +90,7 @@ from semilearn.core import ImbAlgorithmBase
 from semilearn.core.hooks import Hook
 from semilearn.core.utils import IMB_ALGORITHMS
 
+from .. import pseudo_labels
 from ..errors import UserError
 from ..usb_compat import unwrap
 from .feature_classifier import (
@@ -363,6 +364,7 @@ class ReMoP(ImbAlgorithmBase):
                                f"'{self.args.algorithm}' in this step's forward passes")
         conf, pseudo = (sum(mixtures) / len(mixtures)).max(dim=1)
         mask = conf >= self.tau
+        pseudo_labels.record(self, "remop", pseudo, mask)
         feat_ulb = self._center_feat(weak if self.ulb_center_view == "weak" else _first(feats["x_ulb_s"]))
         return feat_ulb[mask], pseudo[mask], mask.float().mean().item()
 
