@@ -134,13 +134,14 @@ PAPER_COMMON = {
     "num_workers": 4, "seed": 0,
 }
 
-#: the demo: synthetic RAF-DB written on first use, small images, a few hundred steps from random init on 2 CPU cores
+#: the demo: synthetic RAF-DB written on first use, small images, a few hundred steps on 2 CPU cores from the
+#: synthetic stand-in of the face-pretrained backbone (built on first use), with the paper's optimiser
 DEMO = {
     "dataset": "rafdb", "data_dir": "./data/demo_rafdb", "demo_data": True, "num_classes": 7, "num_labels": 150,
     "lb_imb_ratio": 10, "include_lb_to_ulb": False, "img_size": 48, "crop_ratio": 0.875, "net": "resnet18_fer",
-    "use_pretrain": False, "pretrain_path": "", "epoch": 4, "num_train_iter": 400, "num_eval_iter": 100,
-    "num_log_iter": 50, "batch_size": 16, "uratio": 1, "eval_batch_size": 128,
-    "ema_m": 0.0, "ulb_loss_ratio": 1.0, "optim": "Adam", "lr": 0.001, "weight_decay": 0.0,
+    "use_pretrain": True, "pretrain_path": "", "demo_pretrain": True, "epoch": 4, "num_train_iter": 400,
+    "num_eval_iter": 100, "num_log_iter": 50, "batch_size": 16, "uratio": 1, "eval_batch_size": 128,
+    "ema_m": 0.99, "ulb_loss_ratio": 1.0, "optim": "Adam", "lr": 0.0001, "weight_decay": 0.0,
     "lr_schedule": "constant", "num_workers": 1, "seed": 0,
 }
 
@@ -177,12 +178,14 @@ _COMMENTS = {
 DEMO_METHOD_KEYS = {"inpl": {"inpl_energy_cutoff": "auto", "p_cutoff": 0.95}}
 #: the comment on ``epoch`` where a preset sets the iterations per epoch (no num_train_iter in the file)
 _EPOCH_OF_PRESET = "x num_iter_per_epoch iterations (1,000: Sec. 5.2; remop_preset official: 800)"
-_DEMO_COMMENTS = {"data_dir": "synthetic RAF-DB, written here on first use", "pretrain_path": None,
+_DEMO_COMMENTS = {"data_dir": "synthetic RAF-DB, written here on first use",
+                  "pretrain_path": "'': the synthetic stand-in below; a real checkpoint's path replaces it",
+                  "demo_pretrain": "remop-usb pretrain's backbone, built into cache_dir on first use (README)",
+                  "lr": "the paper's Adam, constant rate",
                   "inpl_energy_cutoff": "auto: measured in the run at num_train_iter // 2, FixMatch's mask "
                                         "(p_cutoff) until then (README: InPL)",
                   "crop_ratio": None, "num_train_iter": None,
-                  "ema_m": "no EMA: over a few hundred steps from random init the EMA weights lag the live BN "
-                           "statistics"}
+                  "ema_m": "averages ~100 steps, a quarter of the run (the paper's 0.999 averages ~1,000)"}
 
 
 def _scalar(value) -> str:
@@ -257,7 +260,7 @@ def demo_config(method: str) -> Tuple[str, str]:
 
 _ORDER = ("algorithm", "imb_algorithm", "save_dir", "save_name", "dataset", "data_dir", "demo_data", "num_classes",
           "num_labels", "lb_imb_ratio", "include_lb_to_ulb", "test_dataset", "test_data_dir", "ulb_dataset",
-          "ulb_data_dir", "img_size", "crop_ratio", "net", "use_pretrain", "pretrain_path", "epoch",
+          "ulb_data_dir", "img_size", "crop_ratio", "net", "use_pretrain", "pretrain_path", "demo_pretrain", "epoch",
           "num_train_iter", "num_eval_iter", "num_log_iter", "batch_size", "uratio", "eval_batch_size", "ema_m",
           "ulb_loss_ratio", "optim", "lr", "weight_decay", "lr_schedule", "num_workers", "seed")
 

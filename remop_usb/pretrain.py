@@ -51,7 +51,7 @@ IDENTITY_EXPRESSION_WEIGHTS = (0.30, 0.25, 0.09, 0.09, 0.09, 0.09, 0.09)
 class PretrainSettings:
     """What a stand-in checkpoint depends on (its cache key)."""
 
-    task: str = "identity"
+    task: str = "expression"
     identities: int = 500
     steps: int = 900
     batch_size: int = 64
@@ -187,14 +187,22 @@ def cached_path(settings: PretrainSettings, cache_dir=None) -> str:
     return os.path.join(resolve_cache_dir(cache_dir or None), "pretrain", settings.key(), CHECKPOINT_NAME)
 
 
-def ensure_pretrained(settings: PretrainSettings = PretrainSettings(), cache_dir=None, log=print) -> str:
-    """The stand-in checkpoint for ``settings`` under ``cache_dir``, trained and written on first use."""
+def ensure_pretrained(settings: PretrainSettings = None, cache_dir=None, log=print) -> str:
+    """The stand-in checkpoint for ``settings`` (None: :data:`DEMO_SETTINGS`) under ``cache_dir``, trained and
+    written on first use."""
+    settings = DEMO_SETTINGS if settings is None else settings
     path = cached_path(settings.check(), cache_dir)
     if os.path.isfile(path):
         return path
     log(f"[remop-usb] building the synthetic face-recognition backbone (once; cached as {path})")
     state_dict, info = train(settings, log=log)
     return save(path, state_dict, settings, info)
+
+
+#: what ``demo_pretrain: True`` loads (the demo's 48 px)
+DEMO_SETTINGS = PretrainSettings()
+#: the test suite's stand-in: the demo's 48 px, under half the steps (built once per test session, ~2 minutes)
+TEST_SETTINGS = PretrainSettings(steps=400)
 
 
 def main(argv=None):

@@ -10,7 +10,8 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 # caches (FERPlus pixels, image checks, AffectNet index) go to a fresh folder, never the user's ~/.cache
-os.environ["REMOP_USB_CACHE"] = tempfile.mkdtemp(prefix="remop-usb-test-cache-")
+# (REMOP_USB_TEST_CACHE names one to reuse between sessions, e.g. to keep the session's stand-in backbone)
+os.environ["REMOP_USB_CACHE"] = os.environ.get("REMOP_USB_TEST_CACHE") or tempfile.mkdtemp(prefix="remop-usb-test-cache-")
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +24,33 @@ def tiny_rafdb(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="session")
+def pretrained_backbone():
+    """The stand-in face backbone (``remop-usb pretrain``, test-sized: 48 px, 400 steps), built once per session
+    into the session's cache; its path, for ``pretrain_path``."""
+    from remop_usb.pretrain import TEST_SETTINGS, ensure_pretrained
+
+    return ensure_pretrained(TEST_SETTINGS, cache_dir=os.environ["REMOP_USB_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def contract_rafdb(tmp_path_factory):
+    """``tiny_rafdb`` drawn at the demo's 48 px, for runs from the stand-in backbone (the method contracts): at
+    32 px the expressions lose most of the detail the backbone learnt to see."""
+    from datasets_fer.synthetic import write_rafdb
+
+    root = tmp_path_factory.mktemp("rafdb48") / "data"
+    write_rafdb(root, num_train=280, num_test=140, size=48, seed=0)
+    return str(root)
+
+
 def train_argv(data_dir, save_dir, config="config/demo/remop_fixmatch.yaml", **overrides):
     """Command-line arguments for a few-iteration CPU run of ``config`` on ``data_dir`` (no diagnostics, no plots)."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     values = dict(data_dir=data_dir, save_dir=str(save_dir), num_labels=20, lb_imb_ratio=10, img_size=32,
                   num_train_iter=6, epoch=1, num_eval_iter=3, num_log_iter=1, batch_size=4, eval_batch_size=64,
-                  num_workers=0, device="cpu", diagnostics=False, plots=False)  # tests of those turn them on
+                  num_workers=0, device="cpu", diagnostics=False, plots=False,  # tests of those turn them on
+                  use_pretrain=False, demo_pretrain=False)  # random init; contracts pass the session's stand-in
     values.update(overrides)
     argv = ["--c", os.path.join(repo, config)]
     for k, v in values.items():

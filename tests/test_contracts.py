@@ -1,0 +1,131 @@
+"""Method contracts: in the face-pretrained regime every semi-supervised method learns from unlabeled data.
+
+A learner whose unlabeled path is dead -- its mask never set, or every pseudo-label accepted, or wrong -- trains, and
+passes every other test. Here each method trains a short run from the session's pretrained stand-in backbone
+(``pretrained_backbone``: ``remop-usb pretrain`` at 32 px) on the tiny synthetic RAF-DB (N1 = 20, gamma = 10: 56
+labeled and 224 unlabeled images), and the pseudo-labels its unsupervised loss trains on are checked against the
+labels the unlabeled set keeps back (:mod:`remop_usb.pseudo_labels`), over the final tenth of the run:
+
+- the mask (or utilisation: SoftMatch's mean weight) is at least :data:`MASK_FLOOR`. A dead path gives exactly 0
+  (FixMatch's mask with max p below tau at every step); 0.2 is far above what chance confidence gives -- with
+  tau = 0.95 an untrained 7-way softmax never passes -- and well below what a backbone whose features separate
+  the expressions gives (measured: see CONTRACT_MEASURED in the README);
+- the pseudo-labels that pass are right at least :data:`ACC_FLOOR` of the time (mask-weighted). Chance is 1/7;
+  predicting the majority class everywhere gives its share of the unlabeled set, 89/224 = 0.40; 0.6 is half
+  as far again above that;
+- ReMoP (every learner it wraps): its own mask -- the confident rows of its mixture, which feed the center loss and,
+  through the learner, the pseudo-labels -- engages too, with the same floors; Fig. 1b's F1 of the linear, feature
+  and mixture pseudo-labels is logged (diagnostics.jsonl); its centers follow their classes (cosine to the class
+  means of the labeled features above :data:`CENTER_COSINE_FLOOR`); FlexMatch's class-wise thresholds are neither
+  all zero (no sample ever selected: everything accepted) nor unreachable.
+
+On the code before the fix these ReMoP contracts fail: the feature prediction read the dropped-out feature and the
+centers learnt only through lambda1 * L_c; ``remop_feature: head`` with ``remop_center_update: gradient`` restores
+exactly that, and :func:`test_remop_contract_fails_with_the_old_feature_and_centers` shows the mask dying.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import build_for
+
+MASK_FLOOR = 0.05
+ACC_FLOOR = 0.6
+CENTER_COSINE_FLOOR = 0.9
+#: iterations of a contract run (batches of 8 labeled + 8 unlabeled images); figures over its second half
+ITERATIONS = 100
+
+#: demo config -> the pseudo-label sources whose mask and accuracy must engage
+CONTRACTS = {
+    "config/demo/fixmatch.yaml": ("pl",),
+    "config/demo/abc.yaml": ("pl",),
+    "config/demo/adsh.yaml": ("pl",),
+    "config/demo/inpl.yaml": ("pl",),
+    "config/demo/cpe.yaml": ("pl",),
+    "config/demo/remop_fixmatch.yaml": ("pl", "remop"),
+    "config/demo/remop_flexmatch.yaml": ("pl", "remop"),
+    "config/demo/remop_freematch.yaml": ("pl", "remop"),
+    "config/demo/remop_softmatch.yaml": ("pl", "remop"),
+}
+
+
+def contract_run(data_dir, save_dir, backbone, config, **overrides):
+    """Train ``config`` for :data:`ITERATIONS` steps from the stand-in backbone; the trained algorithm."""
+    keys = dict(pretrain_path=backbone, use_pretrain=True, demo_pretrain=False, num_train_iter=ITERATIONS,
+                epoch=1, num_eval_iter=ITERATIONS, num_log_iter=10, batch_size=8, ema_m=0.0, img_size=48)
+    keys.update(overrides)
+    algorithm = build_for(data_dir, save_dir, config=config, seed=True, **keys)
+    algorithm.train()
+    return algorithm
+
+
+def final(algorithm, source):
+    """Mean mask and pseudo-label accuracy of ``source`` over the second half of the run."""
+    figures = algorithm.pseudo_label_monitor.summary(source, last=ITERATIONS // 2)
+    assert figures is not None, f"no {source} pseudo-labels were recorded"
+    return figures
+
+
+@pytest.mark.parametrize("config", sorted(CONTRACTS))
+def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract_rafdb, pretrained_backbone, tmp_path):
+    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, config)
+    for source in CONTRACTS[config]:
+        fig = final(algorithm, source)
+        assert fig["mask"] >= MASK_FLOOR, (source, fig)
+        assert fig["acc"] is not None and fig["acc"] >= ACC_FLOOR, (source, fig)
+
+
+def labeled_class_means(algorithm):
+    """Class means of the live model's encoder features of the labeled images (eval transform, eval mode)."""
+    import copy
+
+    from remop_usb.evaluation import eval_mode
+
+    shown = copy.copy(algorithm.dataset_dict["train_lb"])
+    shown.transform, shown.strong_transform = algorithm.dataset_dict["eval"].transform, None
+    loader = torch.utils.data.DataLoader(shown, batch_size=64, shuffle=False)
+    feats, labels = [], []
+    with eval_mode(algorithm.model), torch.no_grad():
+        for batch in loader:
+            feats.append(algorithm.model(batch["x_lb"])["feat"])
+            labels.append(batch["y_lb"])
+    feats, labels = torch.cat(feats), torch.cat(labels)
+    return torch.stack([feats[labels == k].mean(0) for k in range(algorithm.num_classes)])
+
+
+def test_remop_centers_follow_their_classes_and_fig1b_is_logged(contract_rafdb, pretrained_backbone, tmp_path):
+    from remop_usb.usb_compat import unwrap
+
+    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_fixmatch.yaml",
+                             diagnostics=True, diag_max_samples=0)
+    centers = unwrap(algorithm.model).centers.detach()
+    means = labeled_class_means(algorithm)
+    cos = torch.nn.functional.cosine_similarity(centers, means, dim=1)
+    assert cos.min().item() >= CENTER_COSINE_FLOOR, cos.tolist()
+    with open(os.path.join(algorithm.save_dir, algorithm.save_name, "diagnostics.jsonl")) as f:
+        last = [json.loads(line) for line in f][-1]
+    for prediction in ("linear", "feature", "mixture"):
+        assert 0.0 <= last["pseudo_labels"][prediction]["macro_f1"] <= 1.0
+    # the mixture's pseudo-labels are at least as good as chance by a wide margin (7 classes)
+    assert last["pseudo_labels"]["mixture"]["macro_f1"] > 2.0 / 7
+
+
+def test_flexmatch_thresholds_are_not_degenerate(contract_rafdb, pretrained_backbone, tmp_path):
+    """FlexMatch's learning effects count the samples whose max p_m passes tau: with a dead mixture none ever does,
+    every class-wise threshold stays 0 and every pseudo-label is accepted (mask 1)."""
+    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_flexmatch.yaml")
+    hook = algorithm.hooks_dict["MaskingHook"]
+    selected = (hook.selected_label >= 0).sum().item()
+    assert 0 < selected < len(hook.selected_label)
+    assert hook.classwise_acc.max().item() > 0
+
+
+def test_remop_contract_fails_with_the_old_feature_and_centers(contract_rafdb, pretrained_backbone, tmp_path):
+    """The previous code (feature prediction on the dropped-out feature, centers trained only by lambda1 * L_c)
+    never lets the mixture pass tau: the same contract run ends with ReMoP's mask at 0."""
+    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_fixmatch.yaml",
+                             remop_feature="head", remop_center_update="gradient")
+    assert final(algorithm, "remop")["mask"] < MASK_FLOOR
