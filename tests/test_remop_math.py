@@ -181,3 +181,19 @@ def test_in_train_mode_a_feature_at_its_center_is_predicted_with_certainty():
     assert out["feat_pred"][2, 1].item() == pytest.approx(1.0, abs=1e-5)
     assert out["mixture"][2, 1].item() >= 0.95
     assert out["mixture"][2].argmax().item() == 1
+
+
+def test_feature_prediction_and_mixture_stay_float32_under_cpu_bf16_autocast():
+    """Under autocast the backbone runs in bf16, but the cosine and the mixture are computed in float32 from its
+    outputs: bf16's 8 bits would round a cosine of 0.996 to 1 and a dot product near 512 to a multiple of 4."""
+    torch.manual_seed(0)
+    net = FeatureClassifierNet(_TinyBackbone(), num_classes=3, beta=0.5, similarity="cosine")
+    x = torch.randn(6, 5)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert out["logits"].dtype == torch.bfloat16  # the backbone did run under autocast
+    assert out["feat_pred"].dtype == torch.float32 and out["mixture"].dtype == torch.float32
+    expected_pred = feature_prediction(out["center_feat"].float(), net.centers.float(), "cosine")
+    expected_mix = mix_predictions(out["logits"].float(), expected_pred, 0.5, "prob")
+    assert torch.equal(out["feat_pred"], expected_pred)
+    assert torch.equal(out["mixture"], expected_mix)
