@@ -134,8 +134,40 @@ def aggregate(runs, checkpoint, head, split="auto"):
         rows = sorted((r["seed"], (report["overall_acc"], report["mean_class_acc"])) for r, report in pairs)
         overall, mean_class = zip(*(pair for _, pair in rows))
         cells[key] = {"seeds": [s for s, _ in rows], "n": len(rows), "overall": mean_std(overall),
-                      "mean_class": mean_std(mean_class), "runs": pairs}
+                      "mean_class": mean_std(mean_class), "runs": pairs,
+                      "unlabeled": unlabeled_figures([r["results"] for r, _ in pairs])}
     return cells, left_out
+
+
+def unlabeled_figures(results):
+    """{source: (mean mask, mean pseudo-label accuracy or None)} over runs' results.json ``pseudo_labels`` finals
+    (the final tenth of each run; :mod:`remop_usb.pseudo_labels`); a run without a source does not count for it."""
+    out = {}
+    sources = sorted({s for r in results for s in (r.get("pseudo_labels") or {})})
+    for source in sources:
+        finals = [((r.get("pseudo_labels") or {}).get(source) or {}).get("final") for r in results]
+        finals = [f for f in finals if f]
+        if finals:
+            accs = [f["acc"] for f in finals if f["acc"] is not None]
+            out[source] = (float(np.mean([f["mask"] for f in finals])), float(np.mean(accs)) if accs else None)
+    return out
+
+
+def unlabeled_markdown(cells, methods, labels, settings):
+    """The unlabeled path of each cell: mean mask and mean pseudo-label accuracy (%) of each source, or '-'."""
+    def text(figures):
+        if not figures:
+            return "-"
+        acc = lambda a: "-" if a is None else f"{100 * a:.1f}"  # noqa: E731
+        return "; ".join(f"{s} {m:.2f} / {acc(a)}" for s, (m, a) in figures.items())
+
+    lines = ["Unlabeled path over the final tenth of each run, mean over its seeds: mask / pseudo-label accuracy (%) "
+             "per source (pl: the unsupervised loss; remop: ReMoP's confident mixture rows).", "",
+             "| Method | " + " | ".join(settings) + " |", "| --- |" + " --- |" * len(settings)]
+    for m in methods:
+        row = [text(cells[(m, s)]["unlabeled"]) if (m, s) in cells else "-" for s in settings]
+        lines.append(f"| {labels[m]} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def order(root, runs):
@@ -332,6 +364,8 @@ def main(argv=None):
     caption = (f"Overall / mean class accuracy (%), mean ± sample std (ddof=1) over n seeds; {selection}; "
                f"head: {a.head}; split: {a.split}. Best mean per column in bold.")
     table = markdown(cells, methods, labels, settings, caption)
+    if any(c["unlabeled"] for c in cells.values()):
+        table += "\n" + unlabeled_markdown(cells, methods, labels, settings)
     if left_out:
         table += "\nLeft out: " + "; ".join(left_out) + "\n"
     print(table, end="")

@@ -19,8 +19,10 @@ def _report(overall, mean_class):
             "num_samples": 0}
 
 
-def write_run(root, setting, method, seed, best, last=None, split="a" * 64, n1=500, gamma=150, test=None):
-    """best/last: {head: (overall, mean class)}; the first head is the primary one; test: the same on a test set."""
+def write_run(root, setting, method, seed, best, last=None, split="a" * 64, n1=500, gamma=150, test=None,
+              pseudo=None):
+    """best/last: {head: (overall, mean class)}; the first head is the primary one; test: the same on a test set;
+    pseudo: {source: (final mask, final accuracy)} as results.json's ``pseudo_labels``."""
     folder = os.path.join(root, setting, method, f"seed{seed}")
     os.makedirs(folder)
     results = {"algorithm": "fixmatch", "imb_algorithm": None, "dataset": "rafdb", "seed": seed, "num_labels": n1,
@@ -30,6 +32,9 @@ def write_run(root, setting, method, seed, best, last=None, split="a" * 64, n1=5
     if test:
         for which in ("best", "last"):
             results[which]["test_heads"] = {h: _report(*v) for h, v in test.items()}
+    if pseudo:
+        results["pseudo_labels"] = {s: {"final": {"steps": 10, "mask": m, "acc": a}, "run": None}
+                                    for s, (m, a) in pseudo.items()}
     with open(os.path.join(folder, "results.json"), "w") as f:
         json.dump(results, f)
 
@@ -291,3 +296,16 @@ def test_a_malformed_config_file_is_one_line_naming_it(fig4_dir, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: leaderboard: {path}:1: not valid JSON"), err
     assert not (fig4_dir / "leaderboard.md").exists()  # every input is read before anything is written
+
+
+def test_unlabeled_path_table_is_the_mean_mask_and_pseudo_label_accuracy_over_seeds(tmp_path, capsys):
+    """Two seeds of ReMoP: pl masks 0.5, 0.7 -> 0.60, accuracies 0.9, 1.0 -> 95.0%; remop masks 0.1, 0.3 -> 0.20 with
+    one run passing nothing (accuracy None) -> 80.0% from the other alone. Vanilla has no unlabeled path: '-'."""
+    write_run(tmp_path, A, "remop_fixmatch", 0, {"mixture": (80, 70)}, pseudo={"pl": (0.5, 0.9), "remop": (0.1, None)})
+    write_run(tmp_path, A, "remop_fixmatch", 1, {"mixture": (82, 72)}, pseudo={"pl": (0.7, 1.0), "remop": (0.3, 0.8)})
+    write_run(tmp_path, A, "supervised", 0, {"linear": (75, 65)})
+    assert main(["leaderboard", str(tmp_path), "--no_plots"]) == 0
+    out = capsys.readouterr().out
+    unlabeled = _table(out[out.index("Unlabeled path"):])
+    assert unlabeled[("remop_fixmatch", A)] == "pl 0.60 / 95.0; remop 0.20 / 80.0"
+    assert unlabeled[("supervised", A)] == "-"
