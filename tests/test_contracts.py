@@ -35,7 +35,8 @@ from conftest import build_for
 MASK_FLOOR = 0.05
 ACC_FLOOR = 0.6
 CENTER_COSINE_FLOOR = 0.9
-#: iterations of a contract run (batches of 8 labeled + 8 unlabeled images); figures over its second half
+#: iterations of a contract run (batches of 8 labeled + 8 unlabeled images, two epochs: epoch-end hooks such as
+#: Adsh's refit act mid-run); figures over its second half
 ITERATIONS = 100
 
 #: demo config -> the pseudo-label sources whose mask and accuracy must engage
@@ -55,7 +56,7 @@ CONTRACTS = {
 def contract_run(data_dir, save_dir, backbone, config, **overrides):
     """Train ``config`` for :data:`ITERATIONS` steps from the stand-in backbone; the trained algorithm."""
     keys = dict(pretrain_path=backbone, use_pretrain=True, demo_pretrain=False, num_train_iter=ITERATIONS,
-                epoch=1, num_eval_iter=ITERATIONS, num_log_iter=10, batch_size=8, ema_m=0.0, img_size=48)
+                epoch=2, num_eval_iter=ITERATIONS, num_log_iter=10, batch_size=8, ema_m=0.0, img_size=48)
     keys.update(overrides)
     algorithm = build_for(data_dir, save_dir, config=config, seed=True, **keys)
     algorithm.train()
@@ -140,3 +141,11 @@ def test_remop_contract_fails_with_the_old_feature_and_centers(contract_rafdb, p
     algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_fixmatch.yaml",
                              remop_feature="head", remop_center_update="gradient")
     assert final(algorithm, "remop")["mask"] < MASK_FLOOR
+
+
+def test_adsh_refits_its_thresholds_mid_run(contract_rafdb, pretrained_backbone, tmp_path):
+    """Adsh's own mechanism engages: after the first epoch's refit its class-wise thresholds are no longer all
+    tau_1 (a run whose refit never happened would be FixMatch)."""
+    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/adsh.yaml")
+    thresholds = algorithm.hooks_dict["MaskingHook"].thresholds
+    assert (thresholds != 0.95).any(), thresholds.tolist()
