@@ -111,7 +111,8 @@ def _build(config, data_dir, save_dir, opts, extra=()):
     argv = ["--c", config, "--data_dir", data_dir, "--save_dir", save_dir,
             "--device", opts.device, "--img_size", str(opts.img_size), "--batch_size", str(opts.batch_size),
             "--num_workers", str(opts.num_workers), "--num_train_iter", "1000", "--epoch", "1",
-            "--num_labels", "20", "--lb_imb_ratio", "10", "--diagnostics=False", *extra]
+            "--num_labels", "20", "--lb_imb_ratio", "10", "--diagnostics=False",
+            "--demo_pretrain=False", "--use_pretrain=False", *extra]  # step times do not depend on the weights
     args = parse_args(argv)
     resolve_device(args)
     algorithm = build_algorithm(args)

@@ -69,16 +69,24 @@ def center_sq_distances(feat: torch.Tensor, centers: torch.Tensor, labels: torch
 
 
 @torch.no_grad()
-def wen_center_update(centers: torch.Tensor, feat: torch.Tensor, labels: torch.Tensor, alpha: float) -> None:
-    """Wen et al. (2016), Eq. 4 and Algorithm 1, in place: for each class j with n_j rows in the batch,
-    delta_j = sum_{i: y_i = j} (h_j - x_i) / (1 + n_j), then h_j <- h_j - alpha * delta_j (classes without rows
-    keep their center)."""
-    if labels.numel() == 0:
-        return
-    feat = feat.detach().to(centers.dtype)
+def class_sums(centers: torch.Tensor, feat: torch.Tensor, labels: torch.Tensor):
+    """(per-class sums of the rows of ``feat``, per-class row counts), shaped like ``centers`` and (K,)."""
     counts = torch.zeros(centers.shape[0], dtype=centers.dtype, device=centers.device)
     counts.index_add_(0, labels, torch.ones_like(labels, dtype=centers.dtype))
-    sums = torch.zeros_like(centers).index_add_(0, labels, feat)
+    sums = torch.zeros_like(centers).index_add_(0, labels, feat.detach().to(centers.dtype))
+    return sums, counts
+
+
+@torch.no_grad()
+def wen_center_update(centers: torch.Tensor, feat: torch.Tensor, labels: torch.Tensor, alpha: float,
+                      reduce=None) -> None:
+    """Wen et al. (2016), Eq. 4 and Algorithm 1, in place: for each class j with n_j rows in the batch,
+    delta_j = sum_{i: y_i = j} (h_j - x_i) / (1 + n_j), then h_j <- h_j - alpha * delta_j (classes without rows
+    keep their center). ``reduce`` (e.g. an all-reduce over processes) sums the per-class sums and counts first,
+    so that every process applies the update of the whole batch."""
+    sums, counts = class_sums(centers, feat, labels)
+    if reduce is not None:
+        sums, counts = reduce(sums), reduce(counts)
     delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
     centers.sub_(alpha * delta)
 

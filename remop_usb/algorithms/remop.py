@@ -375,7 +375,7 @@ class ReMoP(ImbAlgorithmBase):
             return
         feat, labels = self.pending_center_update
         self.pending_center_update = None
-        wen_center_update(unwrap(self.model).centers.data, feat, labels, self.center_alpha)
+        wen_center_update(unwrap(self.model).centers.data, feat, labels, self.center_alpha, reduce=_sum_over_processes)
 
     # -- evaluation: the mixture at test time ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -435,6 +435,13 @@ class CenterUpdateHook(Hook):
 
     def after_train_step(self, algorithm):
         algorithm.update_centers()
+
+
+def _sum_over_processes(tensor):
+    """The sum of ``tensor`` over the processes of a distributed run (itself otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
 
 
 def _first(value):
