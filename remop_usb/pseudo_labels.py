@@ -18,13 +18,12 @@ unsupervised loss):
 - ``train/s_acc``: the mask-weighted accuracy of the pseudo-labels (argmax of soft ones) that pass -- what the
   learner actually trains on; absent when no row passes.
 
-``history`` keeps the last :data:`HISTORY` steps' figures, with ``n`` (rows) and ``passed`` (the mask's sum), for
-summaries and tests.
+``history`` keeps, per source, the last :data:`HISTORY` steps' figures as rows ``[it, mask, n, passed, acc]``
+(``n``: rows, ``passed``: the mask's sum); it is saved in checkpoints, so a resumed run summarises the same steps as
+an uninterrupted one.
 """
 
 from __future__ import annotations
-
-import collections
 
 import numpy as np
 import torch
@@ -36,13 +35,13 @@ HISTORY = 10000
 class PseudoLabelMonitor(Hook):
     """Records each step's pseudo-labels and mask; adds ``train/<source>_mask`` and ``_acc`` to the log."""
 
-    checkpoint_attrs = ()  # figures of past steps, not training state
+    checkpoint_attrs = ("history",)  # figures of past steps: a resumed run's summary covers the whole run
 
     def __init__(self, targets):
         self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         self.idx_ulb = None
         self.step = {}
-        self.history = collections.deque(maxlen=HISTORY)
+        self.history = {}
 
     # -- capture ---------------------------------------------------------------------------------------------------
     def batch(self, kwargs):
@@ -81,17 +80,19 @@ class PseudoLabelMonitor(Hook):
             algorithm.log_dict[f"train/{source}_mask"] = fig["mask"]
             if fig["acc"] is not None:
                 algorithm.log_dict[f"train/{source}_acc"] = fig["acc"]
-            self.history.append({"it": algorithm.it, "source": source, **fig})
+            rows = self.history.setdefault(source, [])
+            rows.append([int(algorithm.it), fig["mask"], fig["n"], fig["passed"], fig["acc"]])
+            del rows[:-HISTORY]
 
     def summary(self, source="pl", last=None):
         """Mean mask and pass-weighted pseudo-label accuracy over the last ``last`` recorded steps (all: None)."""
-        rows = [r for r in self.history if r["source"] == source]
+        rows = self.history.get(source, [])
         rows = rows[-last:] if last else rows
         if not rows:
             return None
-        passed = sum(r["passed"] for r in rows)
-        acc = sum(r["acc"] * r["passed"] for r in rows if r["acc"] is not None) / passed if passed else None
-        return {"steps": len(rows), "mask": sum(r["mask"] for r in rows) / len(rows), "acc": acc}
+        passed = sum(r[3] for r in rows)
+        acc = sum(r[4] * r[3] for r in rows if r[4] is not None) / passed if passed else None
+        return {"steps": len(rows), "mask": sum(r[1] for r in rows) / len(rows), "acc": acc}
 
 
 def run_summary(algorithm):
@@ -100,7 +101,7 @@ def run_summary(algorithm):
     monitor = getattr(algorithm, "pseudo_label_monitor", None)
     if monitor is None:
         return {}
-    sources = sorted({r["source"] for r in monitor.history})
+    sources = sorted(monitor.history)
     window = max(1, int(algorithm.args.num_train_iter) // 10)
     return {s: {"final": monitor.summary(s, last=window), "run": monitor.summary(s)} for s in sources}
 

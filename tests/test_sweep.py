@@ -167,10 +167,10 @@ seeds: [0, 1]
     changed = write_grid(tmp_path, grid.replace("num_workers: 0", "num_workers: 0, lr: 0.002"))
     assert main(["sweep", "--grid", changed, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "2 run folder(s)" in err[0] and "lr: 0.001 -> 0.002" in err[0]
+    assert len(err) == 1 and "2 run folder(s)" in err[0] and "lr: 0.0001 -> 0.002" in err[0]
     assert main(["sweep", "--grid", changed, "--out", str(out), "--dry_run", "--rerun_stale"]) == 0
     out_text = capsys.readouterr().out
-    assert out_text.count(": new (rerun: was made with lr: 0.001 -> 0.002)") == 2, out_text
+    assert out_text.count(": new (rerun: was made with lr: 0.0001 -> 0.002)") == 2, out_text
 
 
 def test_bad_gpu_list(tmp_path, capsys):

@@ -88,7 +88,7 @@ def test_offline_run_records_config_group_tags_per_class_and_diagnostics(offline
     assert run.display_name == "fixmatch+remop-rafdb-N20-g10-seed0"
     assert config["split_sha256"] == results["split_sha256"] and len(config["split_sha256"]) == 64
     assert (config["method"], config["setting"], config["num_labels"], config["lr"]) == \
-        ("fixmatch+remop", "rafdb-N20-g10", 20, 0.001)
+        ("fixmatch+remop", "rafdb-N20-g10", 20, 0.0001)
 
     # the summary is the leaderboard row: best and last, primary head (ReMoP: mixture) and every head
     for which in ("best", "last"):

@@ -196,7 +196,7 @@ class ForwardRecorder:
             return None
         if any(not torch.equal(found[0].detach(), other.detach()) for other in found[1:]):
             raise RuntimeError(f"ReMoP: these {field} rows occur several times in this step's forward passes with "
-                               f"different {want} rows; cannot tell which belong to them")
+                               f"different {want} rows; cannot tell which {want} rows belong to them")
         return found[0]
 
 
