@@ -91,6 +91,8 @@ def main(argv) -> int:
         args = parse_args(["--c", opts.c, *rest, "--save_dir", scratch, "--save_name", "cutoff",
                            "--diagnostics", "False", "--use_wandb", "False"])
         measure_on_checkpoints_run(args, opts.load_path)
+        # the checkpoint's weights replace the initial ones: no face weights to load, no stand-in to build
+        args.use_pretrain, args.demo_pretrain, args.pretrain_path = False, False, ""
         resolve_device(args)
         seed_everything(args.seed)
         algorithm = build_algorithm(args)
