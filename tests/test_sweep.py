@@ -127,7 +127,8 @@ def test_sweep_trains_skips_resumes_and_refuses_stale_runs(tiny_rafdb, tmp_path,
     grid = f"""
 config: {DEMO}/{{method}}.yaml
 overrides: {{data_dir: {tiny_rafdb}, img_size: 32, num_train_iter: 2, epoch: 1, num_eval_iter: 1, batch_size: 4,
-             eval_batch_size: 64, num_workers: 0, device: cpu, diagnostics: False, plots: False}}
+             eval_batch_size: 64, num_workers: 0, device: cpu, diagnostics: False, plots: False,
+             use_pretrain: False, demo_pretrain: False}}
 methods:
   fixmatch: {{label: FixMatch}}
 settings:
