@@ -226,14 +226,12 @@ def main(argv=None):
         os.unlink(path)
     path = ensure_pretrained(settings, a.cache_dir)
     if a.out:
-        save(a.out, *_reload(path))
+        import shutil
+
+        from .fileio import atomic_output
+
+        with atomic_output(a.out, suffix=".pth") as tmp:
+            shutil.copyfile(path, tmp)
         path = a.out
     print(path)
     return 0
-
-
-def _reload(path):
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    meta = dict(ckpt["remop_usb_pretrain"])
-    settings = PretrainSettings(**{k: meta.pop(k) for k in asdict(PretrainSettings())})
-    return ckpt["state_dict"], settings, meta
