@@ -21,6 +21,26 @@ Sampling. Each class draws its ``N_k`` images without replacement from its own g
 so a split depends only on those four values and the training labels, and every algorithm trained with the same
 four values sees the same labeled images. :meth:`Split.save` writes a JSON manifest (indices and their SHA-256) that
 :func:`load_split` reads back and verifies.
+
+Unlabeled distribution (USB's ``ulb_num_labels`` / ``ulb_imb_ratio``). By default (``ulb_num_labels: None``) the
+unlabeled set is every training image not labeled -- the paper's setting, the dataset's natural imbalance. With
+``ulb_num_labels: M_1`` it is a subset with ``M_k = floor(M_1 * |gamma_u|^(-(k-1)/(K-1)))`` unlabeled images of the
+class of rank k (:func:`unlabeled_counts`; the same frequency rank as the labeled counts), ``gamma_u =
+ulb_imb_ratio``; a negative ratio reverses the order (``M_k`` becomes ``M_{K+1-k}``: the rarest class gets ``M_1``),
+as in USB's ``make_imbalance_data``. The settings of the class-imbalanced SSL literature (DASO, ACR, SimPro, CDMAD:
+CIFAR-10-LT with ``gamma_l = 100`` and ``gamma_u`` = 100 / 1 / 1/100) are:
+
+* consistent -- ``ulb_imb_ratio = lb_imb_ratio`` (the unlabeled set ranked and shaped like the labeled one);
+* uniform -- ``ulb_imb_ratio = 1``: ``M_1`` images of every class;
+* reversed -- ``ulb_imb_ratio = -lb_imb_ratio`` (gamma_u = 1/gamma_l): the labeled head class gets the fewest.
+
+Unlike USB, ``ulb_num_labels`` is always ``M_1``, the head count (USB reads it as the *total* when
+``ulb_imb_ratio == 1``), as ``num_labels`` is always ``N_1`` here, and as ACR's and DASO's uniform settings give
+every class ``M_1``. Each class's unlabeled images are the next ``M_k`` of the same seeded permutation its labeled
+images were taken from (disjoint from them by construction; the labeled draw is unchanged by these keys). A class
+with fewer than ``M_k`` images left after its labeled ones is refused in one line. With ``include_lb_to_ulb`` the
+labeled images are added to the drawn subset. The two keys enter the split's hashed JSON only when ``ulb_num_labels``
+is set, so every split drawn without them keeps its sha256; ``ulb_imb_ratio`` is hashed in its normal form (-1 = 1).
 """
 
 from __future__ import annotations
@@ -44,7 +64,8 @@ from remop_usb.fileio import write_json_atomic
 #: training set labeled, AffectNet as the unlabeled pool); ``lb_imb_ratio`` must then be 1.
 ALL_LABELED = -1
 
-__all__ = ["ALL_LABELED", "imbalanced_counts", "frequency_rank", "Split", "make_split", "load_split", "split_seed_sequence"]
+__all__ = ["ALL_LABELED", "imbalanced_counts", "unlabeled_counts", "check_ulb_keys", "frequency_rank", "Split",
+           "make_split", "load_split", "split_seed_sequence"]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -61,29 +82,51 @@ def _as_int(value, name: str) -> int:
         raise UserError(f"{name} must be an integer, not {value!r}") from None
 
 
-def _as_ratio(gamma) -> Fraction:
-    """``gamma`` as an exact fraction, read as the decimal it is written as (2.2 -> 11/5)."""
+def _as_fraction(gamma, name: str, expected: str) -> Fraction:
+    """``gamma`` as an exact fraction, read as the decimal it is written as (2.2 -> 11/5); any sign."""
     if isinstance(gamma, bool):
-        raise UserError(f"lb_imb_ratio must be a number >= 1, not {gamma!r}")
+        raise UserError(f"{name} must be {expected}, not {gamma!r}")
     try:
         if isinstance(gamma, (int, np.integer)):
-            frac = Fraction(int(gamma))
-        else:
-            g = float(gamma)
-            if not math.isfinite(g):
-                raise ValueError
-            frac = Fraction(repr(g))
+            return Fraction(int(gamma))
+        g = float(gamma)
+        if not math.isfinite(g):
+            raise ValueError
+        return Fraction(repr(g))
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"lb_imb_ratio must be a number >= 1, not {gamma!r}") from None
+        raise UserError(f"{name} must be {expected}, not {gamma!r}") from None
+
+
+def _as_ratio(gamma) -> Fraction:
+    """``lb_imb_ratio`` as an exact fraction >= 1 (:func:`_as_fraction`)."""
+    frac = _as_fraction(gamma, "lb_imb_ratio", "a number >= 1")
     if frac < 1:
         raise UserError(f"lb_imb_ratio must be >= 1 (N_1 / N_K), not {gamma!r}")
     return frac
 
 
+def _as_ulb_ratio(gamma) -> Fraction:
+    """``ulb_imb_ratio`` as an exact fraction with ``|value| >= 1`` (negative: reversed order); -1 is 1."""
+    frac = _as_fraction(gamma, "ulb_imb_ratio", "a number >= 1 or <= -1")
+    if abs(frac) < 1:
+        raise UserError(f"ulb_imb_ratio must be >= 1 (M_1 / M_K) or <= -1 (the same, reversed order), not "
+                        f"{gamma!r}")
+    return Fraction(1) if abs(frac) == 1 else frac
+
+
+def _plain(frac: Fraction):
+    """JSON-stable form of a ratio: an int when integral, else a float."""
+    return int(frac) if frac.denominator == 1 else float(frac)
+
+
 def _plain_ratio(gamma):
     """JSON-stable form of gamma: an int when integral (150 and 150.0 are the same split), else a float."""
-    frac = _as_ratio(gamma)
-    return int(frac) if frac.denominator == 1 else float(frac)
+    return _plain(_as_ratio(gamma))
+
+
+def _plain_ulb_ratio(gamma):
+    """JSON-stable form of ulb_imb_ratio (:func:`_as_ulb_ratio`: -1 and 1 are the same split)."""
+    return _plain(_as_ulb_ratio(gamma))
 
 
 def _class_name(c: int) -> str:
@@ -123,8 +166,44 @@ def imbalanced_counts(n1: int, num_classes: int, gamma: float) -> list[int]:
     n1 = _as_int(n1, "num_labels")
     if n1 < 1:
         raise UserError(f"num_labels (N_1, labeled images of the most frequent class) must be >= 1, not {n1}")
-    k = _check_num_classes(num_classes)
-    g = _as_ratio(gamma)
+    return _power_counts(n1, _check_num_classes(num_classes), _as_ratio(gamma))
+
+
+def _ulb_keys(ulb_num_labels, ulb_imb_ratio) -> tuple:
+    """``(M_1 or None, exact ulb_imb_ratio)``; see :func:`check_ulb_keys`."""
+    ratio = _as_ulb_ratio(ulb_imb_ratio)
+    if ulb_num_labels is None:
+        if ratio != 1:
+            raise UserError(f"ulb_imb_ratio={ulb_imb_ratio} needs ulb_num_labels (M_1, unlabeled images of the most "
+                            f"frequent class); without it the unlabeled set is every training image not labeled")
+        return None, ratio
+    m1 = _as_int(ulb_num_labels, "ulb_num_labels")
+    if m1 < 1:
+        raise UserError(f"ulb_num_labels (M_1, unlabeled images of the most frequent class) must be >= 1 or None "
+                        f"(every training image not labeled), not {m1}")
+    return m1, ratio
+
+
+def check_ulb_keys(ulb_num_labels, ulb_imb_ratio) -> tuple:
+    """``(M_1 or None, ulb_imb_ratio in normal form)``, or a one-line UserError: ``ulb_num_labels`` None or an
+    integer >= 1, ``|ulb_imb_ratio| >= 1``, and a ratio other than 1 only with ``ulb_num_labels`` (as USB asserts)."""
+    m1, ratio = _ulb_keys(ulb_num_labels, ulb_imb_ratio)
+    return m1, _plain(ratio)
+
+
+def unlabeled_counts(m1: int, num_classes: int, ulb_imb_ratio) -> list[int]:
+    """``[M_1, ..., M_K]`` by frequency rank: :func:`imbalanced_counts` of ``(M_1, |ulb_imb_ratio|)``, reversed
+    when the ratio is negative. Example ``(40, 7, 10) -> [40, 27, 18, 12, 8, 5, 4]``, ``(40, 7, -10) -> [4, 5, 8,
+    12, 18, 27, 40]``, ``(40, 7, 1) -> [40] * 7``."""
+    if m1 is None:
+        raise UserError("ulb_num_labels (M_1) is not set: the unlabeled set is every training image not labeled")
+    m1, ratio = _ulb_keys(m1, ulb_imb_ratio)
+    counts = _power_counts(m1, _check_num_classes(num_classes), abs(ratio))
+    return counts[::-1] if ratio < 0 else counts
+
+
+def _power_counts(n1: int, k: int, g: Fraction) -> list[int]:
+    """``floor(n1 * g^(-j/(k-1)))`` for ``j = 0..k-1``, exactly (see :func:`imbalanced_counts`)."""
     e = k - 1
     rhs = n1**e
     counts = []
@@ -190,15 +269,21 @@ class Split:
     lb_counts: list = field(default_factory=list)
     ulb_counts: list = field(default_factory=list)
     include_lb_to_ulb: bool = False
+    #: M_1 of a drawn unlabeled subset; None: every training image not labeled (see the module docstring)
+    ulb_num_labels: int | None = None
+    ulb_imb_ratio: float = 1
 
     def __post_init__(self):
         object.__setattr__(self, "lb_idx", _frozen_index(self.lb_idx))
         object.__setattr__(self, "ulb_idx", _frozen_index(self.ulb_idx))
         for name in ("class_order", "lb_counts", "ulb_counts"):
             object.__setattr__(self, name, [int(v) for v in getattr(self, name)])
+        m1, ratio = check_ulb_keys(self.ulb_num_labels, self.ulb_imb_ratio)
+        object.__setattr__(self, "ulb_num_labels", m1)
+        object.__setattr__(self, "ulb_imb_ratio", ratio)
 
     def _hashed(self) -> dict:
-        return {
+        hashed = {
             "dataset": str(self.dataset),
             "num_labels": int(self.num_labels),
             "lb_imb_ratio": _plain_ratio(self.lb_imb_ratio),
@@ -207,18 +292,25 @@ class Split:
             "lb_idx": [int(i) for i in self.lb_idx],
             "ulb_idx": [int(i) for i in self.ulb_idx],
         }
+        if self.ulb_num_labels is not None:  # absent otherwise: splits drawn without these keys keep their sha256
+            hashed.update(ulb_num_labels=self.ulb_num_labels, ulb_imb_ratio=self.ulb_imb_ratio)
+        return hashed
 
     @cached_property
     def sha256(self) -> str:
         """Hex SHA-256 of the canonical JSON of {dataset, num_labels, lb_imb_ratio, seed, num_classes, lb_idx,
-        ulb_idx} (sorted keys, no spaces, plain ints)."""
+        ulb_idx}, plus {ulb_num_labels, ulb_imb_ratio} when ``ulb_num_labels`` is set (sorted keys, no spaces, plain
+        ints)."""
         text = json.dumps(self._hashed(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def manifest(self) -> dict:
-        """The hashed JSON object plus ``sha256``, the counts, the class order and ``include_lb_to_ulb``."""
+        """The hashed JSON object plus ``sha256``, the counts, the class order, ``include_lb_to_ulb`` and the
+        unlabeled-distribution keys."""
         out = self._hashed()
         out.update(
+            ulb_num_labels=self.ulb_num_labels,
+            ulb_imb_ratio=self.ulb_imb_ratio,
             sha256=self.sha256,
             class_order=list(self.class_order),
             class_names=[_class_name(c) for c in range(int(self.num_classes))],
@@ -244,18 +336,22 @@ class Split:
         return hash(self.sha256)
 
     def __repr__(self):
+        ulb = "" if self.ulb_num_labels is None else \
+            f"ulb_num_labels={self.ulb_num_labels}, ulb_imb_ratio={self.ulb_imb_ratio}, "
         return (f"Split(dataset={self.dataset!r}, num_labels={self.num_labels}, lb_imb_ratio={self.lb_imb_ratio}, "
-                f"seed={self.seed}, lb={self.lb_idx.size}, ulb={self.ulb_idx.size}, sha256={self.sha256[:12]}...)")
+                f"{ulb}seed={self.seed}, lb={self.lb_idx.size}, ulb={self.ulb_idx.size}, sha256={self.sha256[:12]}...)")
 
 
 def make_split(dataset: str, labels, num_classes, num_labels, lb_imb_ratio, seed,
-               include_lb_to_ulb: bool = False) -> Split:
+               include_lb_to_ulb: bool = False, ulb_num_labels=None, ulb_imb_ratio=1) -> Split:
     """Draw the imbalanced labeled set of ``labels`` (training labels, canonical indices).
 
     The class with rank r in :func:`frequency_rank` gets ``imbalanced_counts(num_labels, num_classes,
     lb_imb_ratio)[r]`` labeled images, drawn uniformly without replacement by its own generator (see the module
-    docstring). The unlabeled set is every other training index, or every index with ``include_lb_to_ulb``.
-    Raises :class:`UserError` when a class has fewer images than it is asked for.
+    docstring). The unlabeled set is every other training index; or, with ``ulb_num_labels``, the next
+    ``unlabeled_counts(ulb_num_labels, num_classes, ulb_imb_ratio)[r]`` images of the same class permutation; with
+    ``include_lb_to_ulb`` the labeled indices are added to it. Raises :class:`UserError` when a class has fewer
+    images than it is asked for.
     """
     if not isinstance(dataset, str) or not dataset:
         raise ValueError(f"dataset must be a non-empty string, not {dataset!r}")
@@ -263,6 +359,8 @@ def make_split(dataset: str, labels, num_classes, num_labels, lb_imb_ratio, seed
     n1 = _as_int(num_labels, "num_labels")
     seed = _as_int(seed, "seed")
     gamma = _plain_ratio(lb_imb_ratio)
+    m1, ulb_ratio = check_ulb_keys(ulb_num_labels, ulb_imb_ratio)
+    ulb_keys = dict(ulb_num_labels=m1, ulb_imb_ratio=ulb_ratio)
     arr = _check_labels(labels, k)
     order = frequency_rank(arr, k)
     sizes = np.bincount(arr, minlength=k)
@@ -270,50 +368,84 @@ def make_split(dataset: str, labels, num_classes, num_labels, lb_imb_ratio, seed
         if gamma != 1:
             raise UserError(f"num_labels={ALL_LABELED} labels every training image; lb_imb_ratio must then be 1, "
                             f"not {gamma}")
+        if m1 is not None:
+            raise UserError(f"ulb_num_labels={m1} draws unlabeled images from {dataset}'s training set, but "
+                            f"num_labels={ALL_LABELED} labels all of them; unset ulb_num_labels")
         return _split_of(dataset, n1, gamma, seed, order, arr, np.arange(arr.size, dtype=np.int64),
                          include_lb_to_ulb)
-    counts = imbalanced_counts(n1, k, gamma)
-
-    asked = [0] * k
-    for rank, c in enumerate(order):
-        asked[c] = counts[rank]
-    short = [c for c in order if asked[c] > sizes[c]]
-    if short:
-        c = short[0]
-        listing = ", ".join(f"{_class_name(d)} {int(sizes[d])}" for d in order)
-        extra = ""
-        if len(short) > 1:
-            extra = "; also too small: " + ", ".join(
-                f"'{_class_name(d)}' (asks {asked[d]}, has {int(sizes[d])})" for d in short[1:])
-        raise UserError(
-            f"{dataset}: num_labels={n1} with lb_imb_ratio={gamma} asks {asked[c]} labeled '{_class_name(c)}' "
-            f"images but the training set has only {int(sizes[c])}{extra}; class sizes: {listing}")
+    asked = _by_class(order, imbalanced_counts(n1, k, gamma))
+    _refuse_short(f"{dataset}: num_labels={n1} with lb_imb_ratio={gamma}", "labeled", asked, sizes, order,
+                  lambda c: f"the training set has only {int(sizes[c])}", "class sizes")
+    ulb_asked = None
+    if m1 is not None:
+        ulb_asked = _by_class(order, unlabeled_counts(m1, k, ulb_ratio))
+        left = sizes - np.asarray(asked)
+        _refuse_short(f"{dataset}: ulb_num_labels={m1} with ulb_imb_ratio={ulb_ratio}", "unlabeled", ulb_asked,
+                      left, order, lambda c: f"only {int(left[c])} remain after its {asked[c]} labeled ones "
+                                             f"({int(sizes[c])} in the training set)",
+                      "images left after the labeled draw")
 
     root = split_seed_sequence(dataset, n1, gamma, seed)
-    chosen = []
+    chosen, ulb_chosen = [], []
     for c in range(k):
-        members = np.flatnonzero(arr == c)  # ascending, so the draw depends only on the label array
-        if asked[c] == 0:
+        wanted = asked[c] + (ulb_asked[c] if ulb_asked else 0)
+        if wanted == 0:
             continue
+        members = np.flatnonzero(arr == c)  # ascending, so the draw depends only on the label array
         rng = np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=(c,)))
-        chosen.append(members[rng.permutation(members.size)[: asked[c]]])
-    lb_idx = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-    return _split_of(dataset, n1, gamma, seed, order, arr, lb_idx, include_lb_to_ulb)
+        drawn = members[rng.permutation(members.size)]
+        chosen.append(drawn[: asked[c]])
+        ulb_chosen.append(drawn[asked[c]: wanted])
+    lb_idx = _sorted_union(chosen)
+    ulb_idx = _sorted_union(ulb_chosen) if m1 is not None else None
+    return _split_of(dataset, n1, gamma, seed, order, arr, lb_idx, include_lb_to_ulb, ulb_idx, ulb_keys)
 
 
-def _split_of(dataset, n1, gamma, seed, order, arr, lb_idx, include_lb_to_ulb) -> Split:
-    """The Split with labeled indices ``lb_idx``; unlabeled: every other index (or every index)."""
-    if include_lb_to_ulb:
+def _by_class(order, counts) -> list:
+    """Per class index: the count of its frequency rank."""
+    out = [0] * len(order)
+    for rank, c in enumerate(order):
+        out[c] = counts[rank]
+    return out
+
+
+def _sorted_union(parts) -> np.ndarray:
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _refuse_short(setting: str, noun: str, asked, available, order, has, listing_title: str) -> None:
+    """One UserError line naming the first class (by rank) asked for more images than ``available``, the others
+    too small, and the available images per class; nothing when every class has enough."""
+    short = [c for c in order if asked[c] > available[c]]
+    if not short:
+        return
+    c = short[0]
+    listing = ", ".join(f"{_class_name(d)} {int(available[d])}" for d in order)
+    extra = ""
+    if len(short) > 1:
+        extra = "; also too small: " + ", ".join(
+            f"'{_class_name(d)}' (asks {asked[d]}, has {int(available[d])})" for d in short[1:])
+    raise UserError(f"{setting} asks {asked[c]} {noun} '{_class_name(c)}' images but {has(c)}{extra}; "
+                    f"{listing_title}: {listing}")
+
+
+def _split_of(dataset, n1, gamma, seed, order, arr, lb_idx, include_lb_to_ulb, ulb_idx=None, ulb_keys=None) -> Split:
+    """The Split with labeled indices ``lb_idx``; unlabeled: ``ulb_idx`` (None: every other index), plus the
+    labeled ones with ``include_lb_to_ulb``."""
+    if ulb_idx is None and include_lb_to_ulb:
         ulb_idx = np.arange(arr.size, dtype=np.int64)
-    else:
+    elif ulb_idx is None:
         mask = np.ones(arr.size, dtype=bool)
         mask[lb_idx] = False
         ulb_idx = np.flatnonzero(mask)
+    elif include_lb_to_ulb:
+        ulb_idx = np.union1d(ulb_idx, lb_idx)
     k = len(order)
     return Split(
         dataset=dataset, num_labels=n1, lb_imb_ratio=gamma, seed=seed, num_classes=k, lb_idx=lb_idx,
         ulb_idx=ulb_idx, class_order=order, lb_counts=np.bincount(arr[lb_idx], minlength=k).tolist(),
-        ulb_counts=np.bincount(arr[ulb_idx], minlength=k).tolist(), include_lb_to_ulb=bool(include_lb_to_ulb))
+        ulb_counts=np.bincount(arr[ulb_idx], minlength=k).tolist(), include_lb_to_ulb=bool(include_lb_to_ulb),
+        **(ulb_keys or {}))
 
 
 def load_split(path, labels=None) -> Split:
@@ -338,7 +470,8 @@ def load_split(path, labels=None) -> Split:
                       seed=data["seed"], num_classes=data["num_classes"], lb_idx=data["lb_idx"],
                       ulb_idx=data["ulb_idx"], class_order=data.get("class_order", []),
                       lb_counts=data.get("lb_counts", []), ulb_counts=data.get("ulb_counts", []),
-                      include_lb_to_ulb=bool(data.get("include_lb_to_ulb", False)))
+                      include_lb_to_ulb=bool(data.get("include_lb_to_ulb", False)),
+                      ulb_num_labels=data.get("ulb_num_labels"), ulb_imb_ratio=data.get("ulb_imb_ratio", 1))
         digest = split.sha256
     except (TypeError, ValueError) as err:
         raise UserError(f"{path}: malformed split manifest ({err})") from None

@@ -16,7 +16,10 @@ test split, training's evaluation set), plus, with ``--test_dataset``, ``"test_s
 {name: n}, "excluded_classes": {name: n}}`` (the images of the classes the model has, as training tests them; the
 others are counted as excluded) and, with ``--ulb_dataset``, ``"ulb_pool": {"dataset": name, "num_images": n,
 "outside_classes": n}`` (``unlabeled`` then counts the pool's images per class; ``outside_classes`` those of classes
-the labeled dataset lacks, which stay in the pool).
+the labeled dataset lacks, which stay in the pool), and, with ``--ulb_num_labels``, ``"ulb_num_labels": M_1,
+"ulb_imb_ratio": gamma_u`` (the drawn unlabeled subset: consistent, uniform or reversed, :mod:`datasets_fer.split`).
+``--out FILE`` also writes the split's manifest (:meth:`datasets_fer.split.Split.save`: the indices, counts and
+sha256 of the ``split.json`` a run writes, which :func:`datasets_fer.split.load_split` reads back).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def _training_defaults() -> tuple:
 def key_defaults() -> dict:
     """The keys of a run's split beyond dataset, data_dir, num_labels, lb_imb_ratio and seed, with training's
     defaults (``num_classes`` None: the dataset's own)."""
-    return dict(num_classes=None, include_lb_to_ulb=False, **dict(_training_defaults()))
+    return dict(num_classes=None, include_lb_to_ulb=False, ulb_num_labels=None, ulb_imb_ratio=1,
+                **dict(_training_defaults()))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
                         "default: the dataset's own")
     p.add_argument("--include_lb_to_ulb", action="store_true",
                    help="the unlabeled set also holds the labeled images (training's include_lb_to_ulb: True)")
+    p.add_argument("--ulb_num_labels", type=int, default=None,
+                   help="M_1: unlabeled images of the most frequent class, a drawn subset (default: every training "
+                        "image not labeled)")
+    p.add_argument("--ulb_imb_ratio", type=float, default=1,
+                   help="gamma_u = M_1 / M_K of that subset; negative: reversed order (consistent: "
+                        "--lb_imb_ratio, uniform: 1, reversed: minus --lb_imb_ratio)")
     # FER_DATA_KEYS: left out of the namespace when not given; split_keys fills in training's defaults
     fer = dict(default=argparse.SUPPRESS)
     p.add_argument("--test_dataset", **fer, help="training's test_dataset: a cross-dataset test set (e.g. "
@@ -81,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", **fer,
                    help="training's cache_dir (default: $REMOP_USB_CACHE, else ~/.cache/remop-usb)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="also write the split's manifest (indices, counts, sha256: a run's split.json) to FILE")
     return p
 
 
@@ -129,6 +141,8 @@ def split_counts(drawn) -> dict:
         "test": _per_class(names, drawn.parts["eval"].labels),
         "sha256": split.sha256,
     }
+    if split.ulb_num_labels is not None:
+        out.update(ulb_num_labels=split.ulb_num_labels, ulb_imb_ratio=split.ulb_imb_ratio)
     if drawn.test_info is not None:
         out["test_set"] = {"dataset": drawn.test_info["dataset"],
                            "counts": _per_class(names, drawn.parts["test"].labels),
@@ -171,10 +185,15 @@ def main(argv=None) -> int:
     drawn = dataset_split(a.dataset, a.data_dir, a.num_labels, a.lb_imb_ratio, a.seed,
                           **{k: v for k, v in vars(a).items() if k in keys})
     counts = split_counts(drawn)
+    if a.out:
+        drawn.split.save(a.out)
+        print(f"[remop-usb] wrote the split manifest to {a.out}", file=sys.stderr)
     if a.json:
         print(json.dumps(counts, indent=2))
     else:
-        title = (f"{drawn.split.dataset} num_labels={a.num_labels} lb_imb_ratio={a.lb_imb_ratio:g} seed={a.seed} "
-                 f"include_lb_to_ulb={a.include_lb_to_ulb} ({a.data_dir})")
+        subset = "" if a.ulb_num_labels is None else \
+            f" ulb_num_labels={a.ulb_num_labels} ulb_imb_ratio={a.ulb_imb_ratio:g}"
+        title = (f"{drawn.split.dataset} num_labels={a.num_labels} lb_imb_ratio={a.lb_imb_ratio:g}{subset} "
+                 f"seed={a.seed} include_lb_to_ulb={a.include_lb_to_ulb} ({a.data_dir})")
         print(format_table(counts, title))
     return 0

@@ -7,7 +7,9 @@ What becomes which USB dataset (:func:`build_fer_datasets`):
 
 * ``train_lb`` -- the labeled part of ``dataset``'s training split, drawn by :func:`datasets_fer.split.make_split`
   from (dataset, num_labels, lb_imb_ratio, seed).
-* ``train_ulb`` -- the rest of that training split; or, with ``ulb_dataset`` set, the training images of that
+* ``train_ulb`` -- the rest of that training split (with ``ulb_num_labels`` set: the subset of it whose class
+  distribution ``ulb_num_labels`` / ``ulb_imb_ratio`` fix -- consistent, uniform or reversed, see
+  :mod:`datasets_fer.split`); or, with ``ulb_dataset`` set, the training images of that
   dataset (read from ``ulb_data_dir``), the *inter-dataset pool* of the paper's Table 5 (the labeled dataset's other
   training images are then not used). Pool labels are ignored by training and kept only as held-back labels for
   diagnostics; pool images of a class the labeled dataset lacks (AffectNet's contempt under a 7-class RAF-DB) stay
@@ -309,7 +311,8 @@ def draw_split(args) -> DrawnSplit:
     train = parts["train"]
     k = train.num_classes
     split = make_split(args.dataset, train.labels, k, args.num_labels, args.lb_imb_ratio, args.seed,
-                       include_lb_to_ulb=args.include_lb_to_ulb)
+                       include_lb_to_ulb=args.include_lb_to_ulb, ulb_num_labels=_option(args, "ulb_num_labels", None),
+                       ulb_imb_ratio=_option(args, "ulb_imb_ratio", 1))
     drawn = DrawnSplit(parts, split, train.paths, train.labels, k, cache_dir)
     if "ulb" in parts:
         pool = parts["ulb"]
@@ -366,7 +369,8 @@ def _record_split(args, split, names, eval_labels, extras):
     pool = extras["ulb_pool"]
     source = f"; unlabeled: {pool['num_images']} images of {pool['dataset']} ({pool['outside_classes']} outside " \
              f"these classes)" if pool else ""
-    print(f"[remop-usb] split {split.dataset} N1={args.num_labels} gamma={args.lb_imb_ratio} seed={args.seed} "
+    drawn = "" if split.ulb_num_labels is None else f" M1={split.ulb_num_labels} gamma_u={split.ulb_imb_ratio}"
+    print(f"[remop-usb] split {split.dataset} N1={args.num_labels} gamma={args.lb_imb_ratio}{drawn} seed={args.seed} "
           f"sha256={split.sha256} (labeled/unlabeled/{extras['eval_split']}: {rows}{source})")
     manifest = os.path.join(args.save_dir, args.save_name, "split.json")
     if getattr(args, "resume", False) and os.path.exists(manifest):
@@ -375,7 +379,7 @@ def _record_split(args, split, names, eval_labels, extras):
         if started_with != split.sha256:
             raise UserError(f"resume: this run's split (sha256 {split.sha256[:12]}) differs from the one it "
                             f"started with ({str(started_with)[:12]} in {manifest}); the dataset files, "
-                            f"num_labels, lb_imb_ratio or seed changed")
+                            f"num_labels, lb_imb_ratio, ulb_num_labels, ulb_imb_ratio or seed changed")
     if getattr(args, "rank", 0) == 0:
         write_json_atomic(manifest, {**split.manifest(), **extras}, sort_keys=True)
 

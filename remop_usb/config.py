@@ -122,8 +122,11 @@ def _add_usb_arguments(p):
     g.add_argument("--include_lb_to_ulb", type=str2bool, default=False,
                    help="[plugin default False, USB's True] also use labeled images as unlabeled ones")
     g.add_argument("--lb_imb_ratio", type=int, default=1, help="gamma = N1 / NK of the labeled split")
-    g.add_argument("--ulb_imb_ratio", type=int, default=1)
-    g.add_argument("--ulb_num_labels", type=int, default=None)
+    g.add_argument("--ulb_imb_ratio", type=int, default=1, help="gamma_u = M1 / MK of a drawn unlabeled subset "
+                   "(ulb_num_labels set); negative: reversed order, as USB (consistent: lb_imb_ratio, uniform: 1, "
+                   "reversed: -lb_imb_ratio)")
+    g.add_argument("--ulb_num_labels", type=int, default=None, help="M1 for FER datasets: unlabeled images of the "
+                   "most frequent class (USB: the total when ulb_imb_ratio is 1); None: every image not labeled")
     g.add_argument("--img_size", type=int, default=32)
     g.add_argument("--crop_ratio", type=float, default=0.875)
     g.add_argument("--max_length", type=int, default=512)
@@ -248,6 +251,18 @@ def _check_fer_data(args):
     if args.rafdb_image_dir != defaults["rafdb_image_dir"] and "rafdb" not in roles:
         raise UserError(f"rafdb_image_dir: {args.rafdb_image_dir} selects RAF-DB's image folder, but no dataset of "
                         f"this run is rafdb (dataset, test_dataset, ulb_dataset: {', '.join(r or '-' for r in roles)})")
+    _check_ulb_distribution(args)
+
+
+def _check_ulb_distribution(args):
+    """ulb_num_labels / ulb_imb_ratio (datasets_fer.split.check_ulb_keys); a drawn unlabeled subset of the labeled
+    dataset's training images cannot be combined with an unlabeled pool (ulb_dataset), whose labels are ignored."""
+    from datasets_fer.split import check_ulb_keys
+
+    m1, _ = check_ulb_keys(getattr(args, "ulb_num_labels", None), getattr(args, "ulb_imb_ratio", 1))
+    if m1 is not None and args.ulb_dataset:
+        raise UserError(f"ulb_num_labels ({m1}) draws the unlabeled set from {args.dataset}'s training images, but "
+                        f"ulb_dataset ({args.ulb_dataset}) makes its training images the unlabeled pool; unset one")
 
 
 def _add_algorithm_arguments(p, cls, title):
