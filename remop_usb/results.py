@@ -102,6 +102,8 @@ def summarize(algorithm, save_path):
         "seed": args.seed,
         "num_labels": args.num_labels,
         "lb_imb_ratio": args.lb_imb_ratio,
+        "ulb_num_labels": getattr(args, "ulb_num_labels", None),
+        "ulb_imb_ratio": getattr(args, "ulb_imb_ratio", None),
         "split_sha256": getattr(args, "split_sha256", None),
         "num_train_iter": args.num_train_iter,
         "class_names": names,

@@ -86,6 +86,10 @@ def method_name(config) -> str:
 
 
 def setting_name(config) -> str:
-    """``rafdb-N500-g150``: the dataset and its imbalanced split, the columns of the paper's tables."""
+    """``rafdb-N500-g150``: the dataset and its imbalanced split, the columns of the paper's tables; with a drawn
+    unlabeled subset (``ulb_num_labels`` M1, ``ulb_imb_ratio`` gamma_u, negative = reversed) ``rafdb-N40-g10-M40-gu-10``."""
     get = _getter(config)
-    return f"{get('dataset')}-N{get('num_labels')}-g{get('lb_imb_ratio')}"
+    name = f"{get('dataset')}-N{get('num_labels')}-g{get('lb_imb_ratio')}"
+    if get("ulb_num_labels") not in (None, "None", -1):
+        name += f"-M{get('ulb_num_labels')}-gu{get('ulb_imb_ratio')}"
+    return name

@@ -20,3 +20,15 @@ def test_a_key_missing_on_one_side_counts_at_its_default():
         "remop_beta: 0.3 -> 0.5"]
     # a key no parser declares stays unset
     assert differences({**BASE, "made_up": 1}, BASE) == ["made_up: '<unset>' -> 1"]
+
+
+def test_setting_name_tells_drawn_unlabeled_subsets_apart():
+    """The W&B group / leaderboard setting names the unlabeled subset when one is drawn (consistent vs reversed are
+    different settings with the same labeled split); the paper's natural setting keeps its name."""
+    from remop_usb.runconfig import setting_name
+
+    base = {"dataset": "rafdb", "num_labels": 40, "lb_imb_ratio": 10}
+    assert setting_name({**base, "ulb_num_labels": None, "ulb_imb_ratio": 1}) == "rafdb-N40-g10"
+    assert setting_name(base) == "rafdb-N40-g10"  # a results.json written before the keys existed
+    assert setting_name({**base, "ulb_num_labels": 40, "ulb_imb_ratio": 10}) == "rafdb-N40-g10-M40-gu10"
+    assert setting_name({**base, "ulb_num_labels": 40, "ulb_imb_ratio": -10}) == "rafdb-N40-g10-M40-gu-10"
