@@ -1,4 +1,4 @@
-"""Small pieces shared by the algorithms (InPL, CPE, Adsh, Ada-CM).
+"""Small pieces shared by the algorithms (InPL, CPE, Adsh, Ada-CM, ACR, CDMAD).
 
 - :func:`require_base_algorithm`: the base learners an imbalanced algorithm supports, checked before anything is
   built, with a one-line error instead of USB's ``assert``.
@@ -6,6 +6,8 @@
   the frequency order of the classes.
 - :func:`forward_batches`: the model's outputs for several batches, in one pass over their concatenation
   (``use_cat``) or one pass each (CPE, Ada-CM).
+- :func:`adjusted_probs`: a prediction shifted in log space (ACR's logit adjustment, CDMAD's bias subtraction), on
+  softmax rows and on ReMoP's mixture alike.
 """
 
 from __future__ import annotations
@@ -50,3 +52,22 @@ def forward_batches(model, batches, use_cat: bool, keys, order=None, no_grad=())
         with torch.no_grad() if i in no_grad else contextlib.nullcontext():
             outs[i] = model(batches[i])
     return outs
+
+
+def adjusted_probs(probs: torch.Tensor, adjustment: torch.Tensor) -> torch.Tensor:
+    """``probs`` shifted by ``-adjustment`` in log space, keeping each row's (positive) mass:
+    q_k = p_k^+ exp(-a_k) * S / sum_j p_j^+ exp(-a_j), with p^+ = max(p, 0) and S = sum_j p_j^+.
+
+    For a softmax row p = softmax(z) this is exactly softmax(z - a) -- logit adjustment (ACR) or bias subtraction
+    (CDMAD) of the logits p came from. For a row that is no softmax -- ReMoP's mixture (Eq. 6), whose cosine term can
+    be negative and whose sum need not be 1 -- the same shift applies to its positive part on the mixture's own scale:
+    ``adjustment`` = 0 gives the row back (its negative entries at 0), so ReMoP's threshold reads the same numbers.
+    ``adjustment``: K, or one row per row of ``probs``.
+    """
+    positive = probs.float().clamp_min(0.0)
+    adjustment = adjustment.to(positive)
+    # exp(-a) with a shifted by its row minimum (exact after the renormalisation, never overflows)
+    weights = torch.exp(-(adjustment - adjustment.min(dim=-1, keepdim=True)[0]))
+    shifted = positive * weights
+    total = shifted.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, shifted * (positive.sum(dim=-1, keepdim=True) / total.clamp_min(1e-30)), positive)
