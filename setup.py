@@ -24,6 +24,7 @@ setup(
         "matplotlib",
         "wandb",
         "tqdm",
+        "submitit>=1.5.4,<1.6",  # sweep --launcher slurm (its sbatch file is also printed by --dry_run)
     ],
     extras_require={"test": ["pytest>=7.3"]},
     # A separate package extends remop-usb without editing it by declaring the group "remop_usb.plugins" in ITS

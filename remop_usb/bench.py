@@ -268,6 +268,23 @@ def _add_speed_flags(p):
     g.add_argument("--prefetch_factor", type=int, default=None)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout meanwhile to stderr: Python's prints, USB's and the data checks' messages,
+    and what C code or child processes write to file descriptor 1."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv=None):
     p = OneLineArgumentParser(prog="remop-usb bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -289,7 +306,8 @@ def main(argv=None):
     opts.img_size = opts.img_size or (224 if cuda else 48)
     opts.batch_size = opts.batch_size or (16 if cuda else 8)
     opts.steps = opts.steps or (50 if cuda else 60)  # CPU ratios move by +-5% with 30 steps
-    result = run_bench(opts)
+    with stdout_to_stderr() if opts.json else contextlib.nullcontext():  # --json: stdout holds the JSON only
+        result = run_bench(opts)
     result["targets"] = targets(result)
     print(json.dumps(result) if opts.json else text_report(result))
     missed = [f"{name} {t['value']:.4g} > {t['limit']}" for name, t in result["targets"].items() if not t["met"]]

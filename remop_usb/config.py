@@ -507,7 +507,28 @@ def _check_schedule(args):
         raise UserError(f"epoch ({args.epoch}), num_train_iter ({args.num_train_iter}) and num_iter_per_epoch "
                         f"({args.num_iter_per_epoch}) must be positive")
     if args.num_train_iter is not None and args.num_train_iter % args.epoch:
-        raise UserError(f"num_train_iter ({args.num_train_iter}) must be a multiple of epoch ({args.epoch})")
+        raise UserError(f"num_train_iter ({args.num_train_iter}) must be a multiple of epoch ({args.epoch}): pass "
+                        f"--epoch {_epoch_for(args.num_train_iter, args.epoch)} (or another divisor of "
+                        f"{args.num_train_iter})")
+
+
+def _epoch_for(num_train_iter, epoch) -> int:
+    """The largest divisor of ``num_train_iter`` not above ``epoch``: the epochs closest to those asked for."""
+    return max(d for d in range(1, min(epoch, num_train_iter) + 1) if num_train_iter % d == 0)
+
+
+def _derive_epoch(args, origins):
+    """``--num_train_iter`` on the command line that the config's (or the default) epoch does not divide: epoch
+    becomes :func:`_epoch_for`, said in one line -- a user shortening a run need not change epoch as well. With
+    ``--epoch`` on the command line too, or ``num_iter_per_epoch`` set, nothing is derived (the error names what to
+    pass)."""
+    n, epoch = args.num_train_iter, args.epoch
+    if (n is None or n < 1 or epoch < 1 or n % epoch == 0 or origins.get("num_train_iter") != COMMAND_LINE
+            or origins.get("epoch") == COMMAND_LINE or "num_iter_per_epoch" in origins):
+        return
+    args.epoch = _epoch_for(n, epoch)
+    print(f"[remop-usb] --num_train_iter {n} is not a multiple of epoch {epoch} ({origins.get('epoch', 'default')}):"
+          f" training {args.epoch} epochs of {n // args.epoch} iterations (--epoch sets another divisor of {n})")
 
 
 def _resolve_schedule(args, origins):
@@ -558,6 +579,7 @@ def parse_args(argv=None):
     origins = {k: where(known.c, yaml_lines.get(k)) for k in yaml_values}
     origins.update((k, COMMAND_LINE) for k in command_line)
     args.algorithm, args.imb_algorithm = algorithm, imb
+    _derive_epoch(args, origins)
     _check_schedule(args)
     _apply_presets(args, origins)
     _resolve_schedule(args, origins)

@@ -83,7 +83,9 @@ def prepare_save_dir(args, keep=False):
 def main(argv=None):
     """Console entry point: parse, train, report; a UserError ends with one line and exit status 2."""
     from .config import parse_args
+    from .usb_compat import preemption
 
+    preemption.install_handler()  # first: SIGUSR2 from here on checkpoints at a step's end (see usb_compat.preemption)
     try:
         args = parse_args(argv)
         run(args)
@@ -107,6 +109,9 @@ def run(args):
     print(f"[remop-usb] {args.algorithm}{'+' + args.imb_algorithm if args.imb_algorithm else ''} on "
           f"{args.dataset}, device {device}")
     if args.multiprocessing_distributed:
+        from .usb_compat import preemption
+
+        preemption.uninstall_handler()  # ranks could stop at different steps: the signal ends them
         ngpus = torch.cuda.device_count()
         args.world_size = ngpus * args.world_size
         torch.multiprocessing.spawn(main_worker, nprocs=ngpus, args=(ngpus, args))

@@ -1,4 +1,5 @@
-"""``remop-usb sweep --grid GRID.yaml --out DIR [--gpus 0,1] [--dry_run] [--rerun_stale]``.
+"""``remop-usb sweep --grid GRID.yaml --out DIR [--launcher local|gpus|slurm] [--shard i/n] [--dry_run]``;
+``remop-usb sweep --status DIR``.
 
 Runs every (method, setting, seed) of a grid, each as its own ``python train.py ...`` process -- exactly the
 one-command run, with flags on top of the method's config file -- into ``DIR/<setting>/<method>/seed<k>`` (its
@@ -13,10 +14,13 @@ grid on every key that changes the result is skipped; one with ``latest_model.pt
 ``DIR/sweep.json`` records the grid's methods (with labels), settings and seeds, in order, for the leaderboard.
 
 Stopping: Ctrl-C, SIGTERM or SIGHUP stops the running train.py processes (SIGTERM for Ctrl-C, the signal itself
-otherwise), waits for them and exits with 128 + the signal and one line; the same command resumes. One sweep at a
-time per ``DIR``: ``DIR/sweep.lock`` holds the running sweep's pid, and another sweep there refuses to start while
-that process lives (an ``flock``, which the system releases when the process ends: a lock file left by a killed
-sweep is taken over).
+otherwise), waits for them and exits with 128 + the signal and one line; the same command resumes.
+
+Many workers, one folder: each run has its own lock, ``DIR/<setting>/<method>/seed<k>.lock`` (host, pid, job;
+:mod:`remop_usb.sweep_lock`), held while it trains. Any number of sweep processes -- on one machine or several
+sharing the folder, with ``--shard i/n`` to split the runs statically, or SLURM array tasks (``--launcher slurm``,
+:mod:`remop_usb.launchers`) -- work on one ``DIR``: a run locked by a live worker is passed over ("busy"), and a run
+is inspected again once locked, so none is trained twice. ``--status DIR`` prints each run's state.
 
 A grid (YAML; relative paths are relative to the grid file's folder)::
 
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import io
 import os
 import shlex
@@ -57,7 +60,6 @@ GRID_KEYS = ("name", "description", "config", "overrides", "methods", "settings"
 METHOD_KEYS = ("label", "config", "overrides")
 SWEEP_OWNED = ("save_dir", "save_name", "seed", "resume", "load_path", "overwrite", "wandb_group", "wandb_tags")
 PLAN_FILE = "sweep.json"
-LOCK_FILE = "sweep.lock"
 #: signals that stop a sweep like Ctrl-C: forwarded to the running train.py processes, which are waited for
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 #: seconds a stopped train.py is given to exit before it is killed
@@ -77,6 +79,8 @@ class Run:
     state: str = "new"
     detail: str = ""
     data_args: object = field(default=None, repr=False)
+    expected: Optional[dict] = field(default=None, repr=False)  # its resolved configuration (runconfig.snapshot)
+    lock: object = field(default=None, repr=False)  # its sweep_lock.RunLock while this process holds it
 
     @property
     def name(self):
@@ -266,8 +270,8 @@ def inspect(run, expected):
 def inspect_all(runs, rerun_stale):
     for run in runs:
         args = resolve(run)
-        run.data_args = args
-        run.state, run.detail = inspect(run, runconfig.snapshot(args))
+        run.data_args, run.expected = args, runconfig.snapshot(args)
+        run.state, run.detail = inspect(run, run.expected)
         if run.state == "stale" and rerun_stale:
             run.state, run.detail = "new", f"rerun: was made with {run.detail}"
     stale = [r for r in runs if r.state == "stale"]
@@ -318,18 +322,72 @@ class Active(NamedTuple):
     started: float
 
 
+def _host():
+    import socket
+
+    return socket.gethostname()
+
+
+def open_log(run, job=None, gpu=None):
+    """The run's log (appended), with a first line naming the attempt: time, state, host, pid, job, GPU, command."""
+    os.makedirs(run.save_dir, exist_ok=True)
+    log = open(run.log_path, "a", encoding="utf-8")
+    on = f" CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state} on {_host()} pid {os.getpid()}"
+              f"{f' job {job}' if job else ''}{on}: {shlex.join(run.command())}\n")
+    log.flush()
+    return log
+
+
 def _start(run, gpu):
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    os.makedirs(run.save_dir, exist_ok=True)
-    log = open(run.log_path, "a", encoding="utf-8")
-    on = f" CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
-    command = run.command()
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state}{on}: {shlex.join(command)}\n")
-    log.flush()
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log = open_log(run, gpu=gpu)
+    proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
     return Active(gpu, run, proc, log, time.time())
+
+
+#: the last line of a run's log after each attempt: ``# <time> exit status <n>``
+END_MARK = "exit status"
+
+
+def finish(run, returncode, log=None):
+    """Close an attempt: ``# <time> exit status N`` ends the log (read by ``--status``); the run's lock is let go."""
+    close = log is None
+    log = log or open(run.log_path, "a", encoding="utf-8")
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {END_MARK} {returncode}\n")
+    if close:
+        log.close()
+    if run.lock is not None:
+        run.lock.release()
+        run.lock = None
+
+
+def claim(run, total, job=None, stale_after=None):
+    """Lock the run and inspect it again (another worker may have finished it since the plan was made). True when
+    this process is now to train it (``run.state`` is then ``new`` or ``resume``); else a line says why not."""
+    from . import sweep_lock
+
+    lock, holder = sweep_lock.try_lock(run.run_dir, job=job, **({} if stale_after is None
+                                                                 else {"stale_after": stale_after}))
+    if lock is None:
+        _line(run, total, "busy", None, f"running elsewhere: {sweep_lock.describe(holder)}")
+        return False
+    run.lock = lock
+    if run.expected is not None:
+        state, detail = inspect(run, run.expected)
+        if state == "done" or (state == "stale" and run.state != "new"):
+            lock.release()
+            run.lock = None
+            _line(run, total, "skipped", None, "finished by another worker: " + result_text(run.run_dir)
+                  if state == "done" else f"made meanwhile with another configuration ({detail})")
+            return False
+        if state != "stale":  # stale and state "new": --rerun_stale, train afresh
+            run.state = state
+    if lock.record.get("taken_over"):
+        print(f"[remop-usb sweep] {run.name}: took over a stale lock ({lock.record['taken_over']})", flush=True)
+    return True
 
 
 class Stopped(Exception):
@@ -353,8 +411,8 @@ def _handling(signums, handler):
 
 def _stop(active, err):
     """Stop the running train.py processes: the stop signal forwarded (SIGTERM for Ctrl-C or an error), all waited
-    for (those still running :data:`STOP_TIMEOUT` s after the signal are killed); further stop signals are ignored
-    meanwhile."""
+    for (those still running :data:`STOP_TIMEOUT` s after the signal are killed), their locks let go; further stop
+    signals are ignored meanwhile."""
     signum = err.signum if isinstance(err, Stopped) else signal.SIGTERM
     with _handling(STOP_SIGNALS + (signal.SIGINT,), signal.SIG_IGN):
         for a in active.values():
@@ -367,13 +425,14 @@ def _stop(active, err):
             except subprocess.TimeoutExpired:
                 a.proc.kill()
                 a.proc.wait()
+            finish(a.run, a.proc.returncode, a.log)
             a.log.close()
 
 
-def execute(runs, gpus, poll_seconds=1.0):
-    """Run the runs that are not done, at most one per GPU slot; returns the failed ones. A stop signal
-    (:data:`STOP_SIGNALS`) starts nothing more and raises :class:`Stopped` within ``poll_seconds``; it, Ctrl-C or
-    any error leaves no train.py running (:func:`_stop`)."""
+def execute(runs, gpus, poll_seconds=1.0, stale_after=None):
+    """Run the runs that are not done, at most one per GPU slot, each under its lock (a run another worker holds is
+    passed over); returns the failed ones. A stop signal (:data:`STOP_SIGNALS`) starts nothing more and raises
+    :class:`Stopped` within ``poll_seconds``; it, Ctrl-C or any error leaves no train.py running (:func:`_stop`)."""
     total, slots = len(runs), list(gpus) if gpus else [None]
     pending = [r for r in runs if r.state != "done"]
     for run in runs:
@@ -384,13 +443,16 @@ def execute(runs, gpus, poll_seconds=1.0):
         with _handling(STOP_SIGNALS, lambda signum, frame: stop.append(signum)):
             while (pending or active) and not stop:
                 while pending and len(active) < len(slots) and not stop:
-                    gpu = next(s for s in slots if s not in {a.gpu for a in active.values()})
                     run = pending.pop(0)
+                    if not claim(run, total, job="local", stale_after=stale_after):
+                        continue
+                    gpu = next(s for s in slots if s not in {a.gpu for a in active.values()})
                     active[run.index] = _start(run, gpu)
                     on = f" on GPU {gpu}" if gpu is not None else ""
                     _line(run, total, "started", None, f"{'resuming' if run.state == 'resume' else 'new'}{on}, "
                                                        f"log {run.log_path}")
-                time.sleep(poll_seconds)
+                if active:
+                    time.sleep(poll_seconds)
                 _collect(active, failed, total)
             if stop:
                 raise Stopped(stop[0])
@@ -402,78 +464,23 @@ def execute(runs, gpus, poll_seconds=1.0):
 
 def _collect(active, failed, total):
     """Report the runs of ``active`` that have ended, removing them (the failed ones are added to ``failed``)."""
+    from .stopping import CHECKPOINTED_STATUS
+
     for index in [i for i, a in active.items() if a.proc.poll() is not None]:
         a = active.pop(index)
+        finish(a.run, a.proc.returncode, a.log)
         a.log.close()
         took = time.time() - a.started
         if a.proc.returncode == 0:
             _line(a.run, total, "done", took, result_text(a.run.run_dir))
         else:
             failed.append(a.run)
-            _line(a.run, total, "failed", took, f"exit status {a.proc.returncode}, see {a.run.log_path}")
+            what = "checkpointed and stopped (SIGUSR2)" if a.proc.returncode == CHECKPOINTED_STATUS else \
+                f"exit status {a.proc.returncode}"
+            _line(a.run, total, "failed", took, f"{what}, see {a.run.log_path}")
 
 
-# -- one sweep per output folder --------------------------------------------------------------------------------
-
-def lock_owner(path):
-    """The pid recorded in the lock file ``path``; None when there is none or it holds no pid."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def acquire_lock(out):
-    """Hold an exclusive ``flock`` on ``out/sweep.lock`` -- released by the system when this process ends, however
-    it ends, so a lock file left by a killed sweep is simply taken over -- and record this process's pid in it (for
-    the message another sweep prints). Returns the lock, for :func:`release_lock`; a lock held by another process
-    is a UserError naming its pid."""
-    path = os.path.join(out, LOCK_FILE)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            owner = lock_owner(path)
-            raise UserError(f"sweep: another sweep (pid {owner if owner else 'unknown'}) is running in {out} "
-                            f"(lock {path}); wait for it to finish or stop it") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:  # not a file its previous holder removed while we waited to open it
-            break
-        os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd, path
-
-
-def release_lock(lock):
-    """Remove the lock file, then let go of the lock."""
-    fd, path = lock
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    os.close(fd)
-
-
-@contextlib.contextmanager
-def locked(out):
-    """Hold ``out``'s sweep lock for the block; a folder made only for the lock is removed again."""
-    made = not os.path.isdir(out)
-    os.makedirs(out, exist_ok=True)
-    lock = acquire_lock(out)
-    try:
-        yield lock[1]
-    finally:
-        release_lock(lock)
-        if made:
-            with contextlib.suppress(OSError):
-                os.rmdir(out)  # only if empty
-
+# -- the plan file, options, main -----------------------------------------------------------------------------
 
 def _prepare_demo_data(runs):
     """Write the synthetic demo data once, before runs that may start together need it."""
@@ -488,12 +495,35 @@ def _prepare_demo_data(runs):
 
 
 def write_plan(grid, grid_path, out, runs):
-    write_json_atomic(os.path.join(out, PLAN_FILE), {
-        "grid": os.path.abspath(grid_path), "name": grid["name"],
-        "methods": [{"name": m, "label": spec["label"]} for m, spec in grid["methods"].items()],
-        "settings": list(grid["settings"]), "seeds": grid["seeds"],
-        "runs": [{"setting": r.setting, "method": r.method, "seed": r.seed, "dir": os.path.relpath(r.run_dir, out)}
-                 for r in runs]}, indent=2)
+    """``DIR/sweep.json``: the grid's methods, settings, seeds and every run's folder (for the leaderboard and
+    ``--status``); the job ids recorded by :func:`record_jobs` are kept."""
+    def update(plan_file):
+        plan_file.update({
+            "grid": os.path.abspath(grid_path), "name": grid["name"],
+            "methods": [{"name": m, "label": spec["label"]} for m, spec in grid["methods"].items()],
+            "settings": list(grid["settings"]), "seeds": grid["seeds"],
+            "runs": [{"setting": r.setting, "method": r.method, "seed": r.seed,
+                      "dir": os.path.relpath(r.run_dir, out)} for r in runs]})
+
+    _update_plan(out, update)
+
+
+def record_jobs(out, entries):
+    """Add ``{"run", "job_id", "launcher", "log", "submitted"}`` entries to ``sweep.json``'s ``jobs``."""
+    _update_plan(out, lambda plan_file: plan_file.setdefault("jobs", []).extend(entries))
+
+
+def _update_plan(out, change):
+    """Read, change and atomically rewrite ``DIR/sweep.json`` under an flock (several sweeps of one host)."""
+    import fcntl
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, PLAN_FILE)
+    with open(path + ".lock", "a") as guard:
+        fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
+        plan_file = read_json(path, "sweep") if os.path.exists(path) else {}
+        change(plan_file)
+        write_json_atomic(path, plan_file, indent=2)
 
 
 def parse_gpus(text):
@@ -505,56 +535,118 @@ def parse_gpus(text):
     return gpus
 
 
+def parse_shard(text):
+    """``--shard i/n`` -> (i, n), 0 <= i < n: this worker takes the runs whose index is i modulo n."""
+    if text is None:
+        return 0, 1
+    i, sep, n = text.partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit() or not 0 <= int(i) < int(n):
+        raise UserError(f"--shard expects i/n with 0 <= i < n (e.g. 0/2 and 1/2 for two workers), got '{text}'")
+    return int(i), int(n)
+
+
+def shard(runs, i, n):
+    """The runs of shard ``i`` of ``n``: every n-th of the plan's order, from the i-th (0-based)."""
+    return [r for r in runs if (r.index - 1) % n == i]
+
+
+LAUNCHERS = ("local", "gpus", "slurm", "submitit_local")
+
+
 def build_parser():
+    from . import launchers
+
     p = argparse.ArgumentParser(prog="remop-usb sweep", description="Run every (method, setting, seed) of a grid "
                                 "as its own train.py process, skipping finished runs and resuming interrupted ones.")
-    p.add_argument("--grid", required=True, help="grid YAML (see config/grids/)")
-    p.add_argument("--out", required=True, help="folder of the runs: OUT/<setting>/<method>/seed<k>")
-    p.add_argument("--gpus", default=None, help="run one run per listed GPU at a time, e.g. 0,1 (default: one "
-                   "run at a time, CUDA_VISIBLE_DEVICES untouched)")
-    p.add_argument("--dry_run", action="store_true", help="print each run's state and command; train nothing")
+    p.add_argument("--grid", help="grid YAML (see config/grids/)")
+    p.add_argument("--out", help="folder of the runs: OUT/<setting>/<method>/seed<k>")
+    p.add_argument("--status", metavar="DIR", help="print the state of every run of the sweep in DIR and exit")
+    p.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                   help="local: one run at a time on this machine (default); gpus: one run per --gpus GPU; slurm: "
+                        "one SLURM job-array task per pending run, through submitit; submitit_local: the slurm "
+                        "launcher's tasks as processes of this machine (submitit's local executor)")
+    p.add_argument("--gpus", default=None, help="run one run per listed GPU at a time, e.g. 0,1 (implies "
+                   "--launcher gpus; default: one run at a time, CUDA_VISIBLE_DEVICES untouched)")
+    p.add_argument("--shard", default=None, metavar="i/n", help="train only runs i, i+n, i+2n, ... of the plan "
+                   "(0-based; e.g. 0/2 on one machine and 1/2 on another)")
+    p.add_argument("--lock_timeout", type=float, default=None, metavar="MIN",
+                   help="take over a run lock of another host whose heartbeat is older than this (default "
+                        f"{launchers.STALE_AFTER_MIN:g} min; a dead process of this host is noticed at once)")
+    p.add_argument("--dry_run", action="store_true", help="print each run's state and command (with --launcher "
+                   "slurm: the sbatch script submitit would submit); train nothing")
     p.add_argument("--rerun_stale", action="store_true", help="train afresh the run folders made with another "
                    "configuration (default: refuse)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="a config key for every run, over the grid's (repeatable), e.g. --set use_wandb=True")
+    launchers.add_slurm_flags(p)
     return p
+
+
+def _launcher(a, gpus):
+    launcher = a.launcher or ("gpus" if gpus else "local")
+    if launcher == "gpus" and not gpus:
+        raise UserError("sweep: --launcher gpus needs --gpus, e.g. --gpus 0,1")
+    if gpus and launcher != "gpus":
+        raise UserError(f"sweep: --gpus applies to --launcher gpus, not {launcher}")
+    return launcher
 
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
+    if a.status:
+        if a.grid or a.out:
+            raise UserError("sweep: --status DIR takes no --grid / --out")
+        from .sweep_status import print_status
+
+        return print_status(a.status)
+    if not a.grid or not a.out:
+        raise UserError("sweep: --grid and --out are required (or --status DIR)")
     gpus = parse_gpus(a.gpus)
+    launcher = _launcher(a, gpus)
+    index, count = parse_shard(a.shard)
+    stale_after = None if a.lock_timeout is None else 60.0 * a.lock_timeout
     if not os.path.isfile(TRAIN_PY):
         raise UserError(f"sweep: {TRAIN_PY} not found (the sweep runs train.py from a checkout of remop-usb)")
     grid = load_grid(a.grid)
     runs = plan(grid, a.grid, a.out, parse_set(a.set))
-    with contextlib.nullcontext() if a.dry_run else locked(a.out):  # a dry run writes nothing
-        inspect_all(runs, a.rerun_stale)
-        counts = {s: sum(r.state == s for r in runs) for s in ("done", "resume", "new")}
-        print(f"[remop-usb sweep] {grid['name']}: {len(runs)} runs ({len(grid['methods'])} methods x "
-              f"{len(grid['settings'])} settings x {len(grid['seeds'])} seeds): {counts['done']} finished, "
-              f"{counts['resume']} to resume, {counts['new']} to train; "
-              f"{'GPUs ' + ','.join(gpus) if gpus else 'one at a time'}", flush=True)
-        if a.dry_run:
-            for run in runs:
-                note = f" ({run.detail})" if run.detail else ""
-                print(f"[{run.index}/{len(runs)}] {run.name}: {run.state}{note}\n    {shlex.join(run.command())}")
-            return 0
-        write_plan(grid, a.grid, a.out, runs)
-        _prepare_demo_data(runs)
-        return run_all(runs, gpus)
+    mine = shard(runs, index, count)
+    inspect_all(mine, a.rerun_stale)
+    counts = {s: sum(r.state == s for r in mine) for s in ("done", "resume", "new")}
+    how = {"local": "one at a time", "gpus": f"GPUs {','.join(gpus)}", "slurm": "SLURM job array",
+           "submitit_local": "submitit local executor"}[launcher]
+    part = f"; shard {index}/{count}: {len(mine)} runs" if count > 1 else ""
+    print(f"[remop-usb sweep] {grid['name']}: {len(runs)} runs ({len(grid['methods'])} methods x "
+          f"{len(grid['settings'])} settings x {len(grid['seeds'])} seeds){part}: {counts['done']} finished, "
+          f"{counts['resume']} to resume, {counts['new']} to train; {how}", flush=True)
+    if launcher in ("slurm", "submitit_local"):
+        from . import launchers
+
+        return launchers.launch(a, grid, runs, mine, launcher, stale_after)
+    if a.dry_run:  # writes nothing
+        for run in mine:
+            note = f" ({run.detail})" if run.detail else ""
+            print(f"[{run.index}/{len(runs)}] {run.name}: {run.state}{note}\n    {shlex.join(run.command())}")
+        return 0
+    write_plan(grid, a.grid, a.out, runs)
+    _prepare_demo_data(mine)
+    return run_all(mine, gpus, stale_after)
 
 
-def run_all(runs, gpus):
+def run_all(runs, gpus, stale_after=None):
     """Execute the runs with SIGTERM / SIGHUP stopping them as Ctrl-C does; the exit status of the sweep (128 +
     the signal when stopped, with one line on stderr)."""
     started = time.time()
     try:
-        failed = execute(runs, gpus)
+        failed = execute(runs, gpus, stale_after=stale_after)
     except (KeyboardInterrupt, Stopped) as err:
         signum = err.signum if isinstance(err, Stopped) else signal.SIGINT
         print(f"[remop-usb sweep] stopped by {signal.Signals(signum).name} (its train.py processes too); the same "
               f"command resumes the unfinished runs", file=sys.stderr)
         return 128 + signum
-    print(f"[remop-usb sweep] {len(runs) - len(failed)}/{len(runs)} runs finished in "
-          f"{_duration(time.time() - started)}" + (f"; failed: {', '.join(r.name for r in failed)}" if failed else ""))
+    finished = sum(os.path.exists(os.path.join(r.run_dir, "results.json")) for r in runs)
+    elsewhere = len(runs) - finished - len(failed)
+    print(f"[remop-usb sweep] {finished}/{len(runs)} runs finished in {_duration(time.time() - started)}"
+          + (f"; failed: {', '.join(r.name for r in failed)}" if failed else "")
+          + (f"; {elsewhere} running in another worker (remop-usb sweep --status {runs[0].out})" if elsewhere
+             else ""))
     return 1 if failed else 0

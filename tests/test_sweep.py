@@ -213,8 +213,7 @@ import remop_usb.sweep as s
 s.TRAIN_PY = sys.argv[1]
 out = sys.argv[2]
 runs = [s.Run(i + 1, "set", "m", i, "unused.yaml", {}, out) for i in range(2)]
-with s.locked(out):
-    sys.exit(s.run_all(runs, ["0", "1"]))
+sys.exit(s.run_all(runs, ["0", "1"]))
 """
 
 
@@ -228,10 +227,14 @@ def _wait_for(paths, proc, seconds=60):
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
-def test_a_stop_signal_stops_the_running_children_and_a_second_sweep_refuses_meanwhile(tmp_path, capsys, signum):
+def test_a_stop_signal_stops_the_running_children_and_another_worker_passes_their_runs_over(tmp_path, capsys,
+                                                                                            signum):
     import signal
+    import socket
     import subprocess
     import sys
+
+    from remop_usb.sweep import Run, claim
 
     signum = getattr(signal, signum)
     (tmp_path / "train.py").write_text(FAKE_TRAIN)
@@ -243,15 +246,15 @@ def test_a_stop_signal_stops_the_running_children_and_a_second_sweep_refuses_mea
     try:
         _wait_for([run_dir / "seed0.pid", run_dir / "seed1.pid"], sweep)
         children = [int((run_dir / f"seed{k}.pid").read_text()) for k in (0, 1)]
-        assert (out / "sweep.lock").read_text() == f"{sweep.pid}\n"
+        for k in (0, 1):  # each run's lock names the sweep that holds it
+            holder = json.loads((run_dir / f"seed{k}.lock").read_text())
+            assert (holder["host"], holder["pid"], holder["job"]) == (socket.gethostname(), sweep.pid, "local")
 
-        # a second sweep on the same folder refuses to start while this one runs
-        grid = write_grid(tmp_path, f"config: {DEMO}/{{method}}.yaml\nmethods: {{fixmatch: null}}\n"
-                                    f"settings: {{s: {{}}}}\nseeds: [0]\n")
-        assert main(["sweep", "--grid", grid, "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"error: sweep: another sweep (pid {sweep.pid}) is running in {out} "
-                       f"(lock {out / 'sweep.lock'}); wait for it to finish or stop it"]
+        # another worker on the same folder passes the held run over, naming its holder
+        assert not claim(Run(1, "set", "m", 0, "unused.yaml", {}, str(out)), 2)
+        line = capsys.readouterr().out.strip()
+        assert " busy " in line and f"running elsewhere: host {socket.gethostname()} pid {sweep.pid}, job local" \
+            in line, line
 
         sweep.send_signal(signum)
         stdout, stderr = sweep.communicate(timeout=60)
@@ -266,7 +269,8 @@ def test_a_stop_signal_stops_the_running_children_and_a_second_sweep_refuses_mea
         assert (run_dir / f"seed{k}.signal").read_text() == name  # the signal was forwarded to each child
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # ... which was waited for
-    assert not (out / "sweep.lock").exists()
+        assert not (run_dir / f"seed{k}.lock").exists()  # ... and its lock let go
+        assert (run_dir / f"seed{k}.log").read_text().splitlines()[-1].endswith(f"exit status {128 + signum}")
 
 
 def _dead_pid():
@@ -278,51 +282,56 @@ def _dead_pid():
     return proc.pid
 
 
-@pytest.mark.parametrize("content", [lambda: f"{_dead_pid()}\n", lambda: "", lambda: "not a pid"])
-def test_a_stale_lock_is_taken_over_and_released(tmp_path, content):
-    from remop_usb.sweep import acquire_lock, release_lock
-
-    lock = tmp_path / "sweep.lock"
-    lock.write_text(content())  # left by a sweep that was killed: nobody holds it
-    held = acquire_lock(str(tmp_path))
-    assert held[1] == str(lock) and lock.read_text() == f"{os.getpid()}\n"
-    assert os.listdir(tmp_path) == ["sweep.lock"]
-    release_lock(held)
-    assert not lock.exists()
+def _holder(host, pid, start=None):
+    return json.dumps({"host": host, "pid": pid, "start": start, "since": 0, "job": None, "token": "t"}) + "\n"
 
 
-def test_a_lock_held_by_a_live_process_is_refused_and_freed_when_it_dies(tmp_path):
+def test_run_locks_stale_and_live(tmp_path):
+    """A lock of a gone process of this host, or an unreadable one, is taken over at once; a lock of another host
+    only once its heartbeat is older than stale_after; a live holder of this host keeps it."""
+    import socket
+
+    from remop_usb.sweep_lock import try_lock
+
+    run_dir, lock = tmp_path / "seed0", tmp_path / "seed0.lock"
+    here = socket.gethostname()
+    for content in (_holder(here, _dead_pid()), "", "not a lock", _holder(here, os.getpid(), start=1)):
+        lock.write_text(content)  # the last: this pid, but a process started at another time (a reused pid)
+        held, holder = try_lock(run_dir, job="j")
+        assert holder is None and held.record["taken_over"], content
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        held.release()
+        assert not lock.exists()
+
+    lock.write_text(_holder("elsewhere", 1))  # another host, heartbeat just now
+    held, holder = try_lock(run_dir, stale_after=600)
+    assert held is None and holder["host"] == "elsewhere"
+    os.utime(lock, (0, 1000))  # ... silent since 1970
+    held, holder = try_lock(run_dir, stale_after=600)
+    assert holder is None and "no heartbeat from elsewhere" in held.record["taken_over"]
+    held.release()
+    assert sorted(os.listdir(tmp_path)) == []  # no temporaries left
+
+
+def test_a_lock_held_by_a_live_process_is_refused_and_taken_over_when_it_is_killed(tmp_path):
+    import signal
     import subprocess
     import sys
 
-    from remop_usb.sweep import acquire_lock, release_lock
+    from remop_usb.sweep_lock import try_lock
 
-    holder = ("import sys, time\nimport remop_usb.sweep as s\ns.acquire_lock(sys.argv[1])\nprint('held', flush=True)\n"
-              "time.sleep(60)\n")
-    other = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONPATH": REPO})
+    holder_code = ("import sys, time\nfrom remop_usb.sweep_lock import try_lock\nprint(try_lock(sys.argv[1])[0] "
+                   "is not None, flush=True)\ntime.sleep(60)\n")
+    other = subprocess.Popen([sys.executable, "-c", holder_code, str(tmp_path / "seed0")], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
     try:
-        assert other.stdout.readline().strip() == "held"
-        with pytest.raises(UserError, match=f"another sweep \\(pid {other.pid}\\) is running in {tmp_path} "):
-            acquire_lock(str(tmp_path))
-        assert (tmp_path / "sweep.lock").read_text() == f"{other.pid}\n"
+        assert other.stdout.readline().strip() == "True"
+        held, holder = try_lock(tmp_path / "seed0")
+        assert held is None and holder["pid"] == other.pid
     finally:
-        other.kill()
+        other.send_signal(signal.SIGKILL)  # dies without letting go: its lock file stays
         other.wait()
-    held = acquire_lock(str(tmp_path))  # killed: the system let go of its lock; its file is taken over
-    release_lock(held)
-
-
-def test_the_lock_removes_a_folder_made_only_for_it(tmp_path):
-    from remop_usb.sweep import locked
-
-    out = tmp_path / "new"
-    with pytest.raises(UserError):
-        with locked(str(out)):
-            assert (out / "sweep.lock").read_text() == f"{os.getpid()}\n"
-            raise UserError("bad key")
-    assert not out.exists()
-    (tmp_path / "kept").mkdir()
-    with locked(str(tmp_path / "kept")):
-        pass
-    assert os.listdir(tmp_path / "kept") == []
+    assert (tmp_path / "seed0.lock").exists()
+    held, holder = try_lock(tmp_path / "seed0")
+    assert f"process {other.pid} on this host is gone" == held.record["taken_over"]
+    held.release()

@@ -27,6 +27,7 @@ ABC's rates min(N)/N_c: a class  :func:`abc_keep_rates`: N_min over the classes 
   raises "p_in >= 0 && <= 1")
 NaN losses are stepped on        ParamUpdateHook stops training on a non-finite loss, naming step and terms
 checkpoints, resume              :mod:`.checkpointing`: atomic, checked, exact resume (its own table)
+a signal kills a run mid-step    :mod:`.preemption`: SIGUSR2 checkpoints at the step's end and exits (table)
 ruamel.yaml >= 0.18 load()       configs are read by :mod:`remop_usb.config`, never by USB
 ngpus_per_node, saving on every  :mod:`.distributed` (its own table)
   DDP process
@@ -51,7 +52,7 @@ _INSTALLED = False
 #: the submodules that patch USB, installed in this order by :func:`install` (``distributed`` and
 #: ``unlabeled_views`` patch nothing: the launcher and the algorithms call their functions)
 TOPIC_MODULES = ("amp", "checkpointing", "ema", "evaluation", "learner_checkpoints", "loaders", "optim", "speed",
-                 "wandb")
+                 "wandb", "preemption")
 
 
 class ModuleWrapper(nn.Module):
