@@ -41,6 +41,8 @@ _ACR = {"algorithm": "acr", "p_cutoff": 0.95, "T": 0.5, "hard_label": True, "acr
         "acr_tau12": 2.0, "acr_tau2": 2.0, "acr_ema_u": 0.9, "acr_est_epoch": 5}
 _CDMAD = {"algorithm": "cdmad", "p_cutoff": 0.95, "T": 0.5, "hard_label": True, "cdmad_fill": 1.0,
           "cdmad_debias_start": 0}
+_SIMPRO = {"algorithm": "simpro", "p_cutoff": 0.95, "hard_label": False, "simpro_tau": 2.0,
+           "simpro_prior_momentum": 0.9, "simpro_mstep_prior": "training", "simpro_lb_loss_scale": "loaders"}
 _REMOP = {"imb_algorithm": "remop", "remop_preset": "paper", "remop_beta": 0.5, "remop_p_cutoff": 0.95,
           "remop_lambda_center": 0.0001, "remop_lambda_reg": 0.1}
 
@@ -78,10 +80,13 @@ METHODS: Dict[str, Tuple[str, dict]] = {
     "remop_acr": ("ACR w/ ReMoP (beyond the paper)", {**_ACR, **_REMOP}),
     "cdmad": ("CDMAD (Lee & Kim, 2024)", {**_CDMAD, "imb_algorithm": None}),
     "remop_cdmad": ("CDMAD w/ ReMoP (beyond the paper)", {**_CDMAD, **_REMOP}),
+    "simpro": ("SimPro (Du et al., 2024)", {**_SIMPRO, "imb_algorithm": None}),
+    "remop_simpro": ("SimPro w/ ReMoP (beyond the paper)", {**_SIMPRO, **_REMOP}),
 }
 
 #: methods with demo configs only (not in the paper's tables)
-DEMO_ONLY = ("remop_flexmatch", "remop_freematch", "remop_softmatch", "acr", "remop_acr", "cdmad", "remop_cdmad")
+DEMO_ONLY = ("remop_flexmatch", "remop_freematch", "remop_softmatch", "simpro", "remop_simpro", "acr", "remop_acr",
+             "cdmad", "remop_cdmad")
 #: the methods of the paper's tables
 PAPER_METHODS = tuple(m for m in METHODS if m not in DEMO_ONLY)
 
@@ -184,6 +189,10 @@ _COMMENTS = {
     "cdmad_fill": "the pattern-free image: every input value (network input space)",
     "cdmad_debias_start": "pseudo-labels debiased by the solid image's logits from this epoch (0-based) on",
     "cpe_test_expert": "long_tailed | uniform | inverse: the primary head in results.json",
+    "simpro_tau": "exponent on the class priors: z + tau * log pi",
+    "simpro_prior_momentum": "pi_u, pi_t: EMA of each epoch's closed-form estimate",
+    "simpro_mstep_prior": "training (authors' code) | per_set: pi_l for labeled, pi_u for unlabeled rows",
+    "simpro_lb_loss_scale": "loaders: labeled loss / (M / (N * uratio)), the authors' | none",
 }
 #: keys of a method's demo config that differ from its paper configs
 #: (InPL: no measured cutoff to ship, so the demo measures it in the run; its base learner's tau until then)

@@ -92,7 +92,7 @@ PRESET_RUNS = _preset_runs()
 
 def test_every_preset_bearing_config_is_covered():
     files = {rel for rel, _, _ in PRESET_RUNS}
-    assert len(files) == 37  # 3 ReMoP methods x 10 paper cells, 6 ReMoP demo configs, the README example
+    assert len(files) == 40  # 3 ReMoP methods x 10 paper cells, 9 ReMoP demo configs, the README example
     assert {preset for _, _, preset in PRESET_RUNS} == {"paper", "official"}
 
 
