@@ -430,6 +430,11 @@ def _resolve_names(cli_argv, yaml_values):
     if imb is not None and imb not in registry.imb_algorithms():
         raise UserError(f"unknown imb_algorithm '{imb}'{_closest(imb, registry.imb_algorithms())} "
                         f"registered: {', '.join(registry.imb_algorithms())}")
+    from .usb_compat.imb_algorithms import refusal
+
+    refused = refusal(algorithm, imb)  # USB's imbalanced algorithms that cannot run here, or not on this learner
+    if refused:
+        raise UserError(refused)
     return algorithm, imb
 
 

@@ -87,6 +87,27 @@ METHODS: Dict[str, Tuple[str, dict]] = {
 #: methods with demo configs only (not in the paper's tables)
 DEMO_ONLY = ("remop_flexmatch", "remop_freematch", "remop_softmatch", "simpro", "remop_simpro", "acr", "remop_acr",
              "cdmad", "remop_cdmad")
+# USB 0.3.2's other imbalanced algorithms on FixMatch (remop_usb/usb_compat/imb_algorithms.py; CoSSL is refused
+# there, so it has no config); demo configs only, with USB's defaults except the warm-up lengths, scaled to the demo
+_USB_IMB = {
+    "crest": ("FixMatch w/ CReST (Wei et al., 2021)", {"crest_num_gens": 2, "crest_dist_align_t": 0.5,
+                                                       "crest_pro_dist_align": False, "crest_alpha": 3.0}),
+    "crest+": ("FixMatch w/ CReST+ (Wei et al., 2021)", {"crest_num_gens": 2, "crest_dist_align_t": 0.5,
+                                                         "crest_pro_dist_align": True, "crest_alpha": 3.0}),
+    "saw": ("FixMatch w/ SAW (Lai et al., 2022)", {}),
+    "darp": ("FixMatch w/ DARP (Kim et al., 2020)", {"darp_warmup_epochs": 1, "darp_alpha": 2.0, "darp_iter_T": 10,
+                                                     "darp_num_refine_iter": 10}),
+    "daso": ("FixMatch w/ DASO (Oh et al., 2022)", {"daso_queue_len": 256, "daso_T_proto": 0.05, "daso_T_dist": 1.5,
+                                                    "daso_interp_alpha": 0.5, "daso_with_dist_aware": True,
+                                                    "daso_assign_loss_ratio": 1.0, "daso_num_pretrain_iter": 100,
+                                                    "daso_num_pl_dist_iter": 20}),
+    "debiaspl": ("FixMatch w/ DebiasPL (Wang et al., 2022)", {"debiaspl_tau": 0.4, "debiaspl_ema_p": 0.999}),
+    "tras": ("FixMatch w/ TRAS (Wei et al., 2022)", {"tras_warmup_epochs": 1, "tras_A": 2, "tras_B": 2,
+                                                     "tras_tro": 1.0}),
+}
+METHODS.update({name.replace("+", "_plus"): (title, {**_FIXMATCH, "imb_algorithm": name, **keys})
+                for name, (title, keys) in _USB_IMB.items()})
+DEMO_ONLY = DEMO_ONLY + tuple(name.replace("+", "_plus") for name in _USB_IMB)
 #: the methods of the paper's tables
 PAPER_METHODS = tuple(m for m in METHODS if m not in DEMO_ONLY)
 
@@ -199,6 +220,17 @@ _COMMENTS = {
 DEMO_METHOD_KEYS = {"inpl": {"inpl_energy_cutoff": "auto", "p_cutoff": 0.95},
                     # ACR: the demo's 4 epochs estimate the unlabeled distribution from the second one on
                     "acr": {"acr_est_epoch": 0}, "remop_acr": {"acr_est_epoch": 0}}
+#: CReST trains crest_num_gens generations of num_train_iter steps each: two of 200 fit the demo's 400 steps
+DEMO_METHOD_KEYS.update({"crest": {"num_train_iter": 200}, "crest_plus": {"num_train_iter": 200}})
+_COMMENTS.update({
+    "crest_num_gens": "generations, each num_train_iter steps from the initial weights (USB: 6)",
+    "crest_pro_dist_align": "CReST+: progressive distribution alignment of the pseudo-labels",
+    "crest_alpha": "class of frequency rank r keeps (N_(K-1-r) / N_1)^(1/alpha) of its pseudo-labels",
+    "darp_warmup_epochs": "pseudo-labels refined from the epoch after this one (USB: 200)",
+    "daso_num_pretrain_iter": "FixMatch alone until this step, then DASO's blend (USB: 5120)",
+    "daso_num_pl_dist_iter": "pseudo-label distribution re-counted every this many steps (< the above)",
+    "tras_warmup_epochs": "epochs before TRAS's auxiliary head trains and predicts (USB: 10)",
+})
 #: the comment on ``epoch`` where a preset sets the iterations per epoch (no num_train_iter in the file)
 _EPOCH_OF_PRESET = "x num_iter_per_epoch iterations (1,000: Sec. 5.2; remop_preset official: 800)"
 _DEMO_COMMENTS = {"data_dir": "synthetic RAF-DB, written here on first use",

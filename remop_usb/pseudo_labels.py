@@ -7,7 +7,9 @@ reports accuracies. :class:`PseudoLabelMonitor` makes the path visible, step by 
   hook on the learner's ``consistency_loss`` module (USB's ``ConsistencyLoss``; FixMatch, FlexMatch, FreeMatch,
   SoftMatch, ABC's and Adsh's and InPL's FixMatch part, Ada-CM). Learners with their own loss report through
   :meth:`PseudoLabelMonitor.record` (CPE: its long-tailed expert, which learns every confident pseudo-label; ReMoP:
-  the confident unlabeled rows of its center loss, as ``remop``).
+  the confident unlabeled rows of its center loss, as ``remop``). A learner with an
+  ``attach_pseudo_label_sources(monitor)`` method hooks its own losses (USB's TRAS: its auxiliary head's loss, as
+  ``tras``; see :mod:`remop_usb.usb_compat.imb_algorithms` for what USB's other imbalanced algorithms train on).
 - The rows' true labels come from the unlabeled dataset's kept-back ``targets`` (-1: unknown, left out), indexed by
   the batch's ``idx_ulb``.
 
@@ -116,6 +118,9 @@ def attach_pseudo_label_monitor(algorithm):
     loss = getattr(algorithm, "consistency_loss", None)
     if isinstance(loss, torch.nn.Module):
         loss.register_forward_hook(monitor.consistency_hook, with_kwargs=True)
+    extra_sources = getattr(algorithm, "attach_pseudo_label_sources", None)
+    if extra_sources is not None:  # a learner's own unlabeled loss beside consistency_loss (USB's TRAS)
+        extra_sources(monitor)
     process_batch = algorithm.process_batch
 
     def process_batch_seeing_indices(*args, **kwargs):

@@ -29,6 +29,8 @@ NaN losses are stepped on        ParamUpdateHook stops training on a non-finite 
 checkpoints, resume              :mod:`.checkpointing`: atomic, checked, exact resume (its own table)
 a signal kills a run mid-step    :mod:`.preemption`: SIGUSR2 checkpoints at the step's end and exits (table)
 ruamel.yaml >= 0.18 load()       configs are read by :mod:`remop_usb.config`, never by USB
+USB's CReST, SAW, DARP, DASO,    :mod:`.imb_algorithms` (its own table); CoSSL refused in one line
+  DebiasPL, TRAS, CoSSL
 ngpus_per_node, saving on every  :mod:`.distributed` (its own table)
   DDP process
 ===============================  ==========================================================================
@@ -51,8 +53,8 @@ from ..errors import UserError
 _INSTALLED = False
 #: the submodules that patch USB, installed in this order by :func:`install` (``distributed`` and
 #: ``unlabeled_views`` patch nothing: the launcher and the algorithms call their functions)
-TOPIC_MODULES = ("amp", "checkpointing", "ema", "evaluation", "learner_checkpoints", "loaders", "optim", "speed",
-                 "wandb", "preemption")
+TOPIC_MODULES = ("amp", "checkpointing", "ema", "evaluation", "imb_algorithms", "learner_checkpoints", "loaders",
+                 "optim", "speed", "wandb", "preemption")
 
 
 class ModuleWrapper(nn.Module):
