@@ -54,7 +54,8 @@ COMMANDS = {
     "demo-data": ("remop_usb.cli:_demo_data", "write the synthetic demo dataset"),
     "split": ("datasets_fer.split_cli:main", "print a dataset's imbalanced split: counts per class and sha256"),
     "align": ("datasets_fer.align:main", "detect and align faces with MTCNN into a new folder"),
-    "sweep": ("remop_usb.sweep:main", "run every (method, setting, seed) of a grid"),
+    "sweep": ("remop_usb.sweep:main", "run every (method, setting, seed) of a grid (here, per GPU or as SLURM "
+                                      "array tasks); --status DIR"),
     "leaderboard": ("remop_usb.leaderboard:main", "mean +- std table over seeds of a sweep's runs"),
     "plots": ("remop_usb.plots:main", "redraw a finished run's figures"),
     "bench": ("remop_usb.bench:main", "training-step and data-loader benchmark"),

@@ -42,7 +42,7 @@ USAGE_STARTS = {
     "demo-data": "usage: remop-usb demo-data [-h] --out OUT [--dataset DATASET]",
     "split": "usage: remop-usb split [-h] --dataset DATASET --data_dir DATA_DIR",
     "align": "usage: remop-usb align [-h] --src SRC --dst DST",
-    "sweep": "usage: remop-usb sweep [-h] --grid GRID --out OUT",
+    "sweep": "usage: remop-usb sweep [-h] [--grid GRID] [--out OUT] [--status DIR]",
     "leaderboard": "usage: remop-usb leaderboard [-h] [--checkpoint {best,last}]",
     "plots": "usage: remop-usb plots [-h] [--checkpoint {last,best}] run_dir",
     "bench": "usage: remop-usb bench [-h] [--device {cpu,cuda}]",
