@@ -643,8 +643,9 @@ def run_all(runs, gpus, stale_after=None):
         print(f"[remop-usb sweep] stopped by {signal.Signals(signum).name} (its train.py processes too); the same "
               f"command resumes the unfinished runs", file=sys.stderr)
         return 128 + signum
-    finished = sum(os.path.exists(os.path.join(r.run_dir, "results.json")) for r in runs)
-    elsewhere = len(runs) - finished - len(failed)
+    finished = [os.path.exists(os.path.join(r.run_dir, "results.json")) for r in runs]
+    elsewhere = sum(not done and r not in failed for r, done in zip(runs, finished))
+    finished = sum(finished)
     print(f"[remop-usb sweep] {finished}/{len(runs)} runs finished in {_duration(time.time() - started)}"
           + (f"; failed: {', '.join(r.name for r in failed)}" if failed else "")
           + (f"; {elsewhere} running in another worker (remop-usb sweep --status {runs[0].out})" if elsewhere
