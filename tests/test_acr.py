@@ -110,9 +110,10 @@ class _Capture:
 @pytest.mark.parametrize("config", ["config/demo/acr.yaml", "config/demo/remop_acr.yaml"])
 def test_the_standard_heads_pseudo_labels_are_the_adjusted_prediction(config, tiny_rafdb, tmp_path):
     """One step at tau = 1.3: the standard head learns argmax softmax(z_w - tau log pi) -- with ReMoP, argmax of
-    the mixture times pi^-tau (ReMoP with beta = 0: the feature prediction alone, so it differs from the linear)."""
+    ReMoP's mixture of the adjusted linear prediction and the feature prediction, beta softmax(z_w - tau log pi) +
+    (1 - beta) s = p_m + beta (softmax(z_w - tau log pi) - softmax(z_w)) (beta = 0.2: it differs from the linear)."""
     algorithm = build_for(tiny_rafdb, tmp_path, config=config, seed=True,
-                          **({"remop_beta": 0.0} if "remop" in config else {}))
+                          **({"remop_beta": 0.2} if "remop" in config else {}))
     algorithm.hooks_dict["ACRTauHook"].tau = 1.3
     capture = _Capture(algorithm)
     batch = one_batch(algorithm)
@@ -124,7 +125,8 @@ def test_the_standard_heads_pseudo_labels_are_the_adjusted_prediction(config, ti
     log_pi = algorithm.log_pi.cpu()
     linear = (out["logits"][weak].detach().float() - 1.3 * log_pi).argmax(dim=1)
     if "mixture" in out:
-        expected = (out["mixture"][weak].detach().clamp_min(0) * torch.exp(-1.3 * log_pi)).argmax(dim=1)
+        shift = torch.softmax(out["logits"][weak].detach().float() - 1.3 * log_pi, dim=1) - torch.softmax(out["logits"][weak].detach().float(), dim=1)
+        expected = (out["mixture"][weak].detach() + 0.2 * shift).argmax(dim=1)  # beta = 0.2
         assert not torch.equal(expected, linear)  # the test can tell the mixture from the linear prediction
     else:
         expected = linear

@@ -61,11 +61,12 @@ def test_the_pseudo_label_is_the_softmax_of_the_debiased_logits():
 @pytest.mark.parametrize("config", ["config/demo/cdmad.yaml", "config/demo/remop_cdmad.yaml"])
 def test_one_step_pseudo_labels_the_prediction_minus_the_solid_images(config, tiny_rafdb, tmp_path):
     """The unsupervised loss learns argmax(z_w - g(I)) with g(I) the training model's logits on the solid image in
-    eval mode -- with ReMoP, argmax of the mixture times exp(-g(I)) (beta = 0: the feature prediction alone). The
+    eval mode -- with ReMoP, of its mixture of the debiased linear prediction and the feature prediction,
+    p_m + beta (softmax(z_w - g(I)) - softmax(z_w)) (beta = 0.2: it differs from the linear prediction). The
     classifier is first given a strong bias toward one class, which the solid image measures and the debiasing
     removes."""
     algorithm = build_for(tiny_rafdb, tmp_path, config=config, seed=True,
-                          **({"remop_beta": 0.0} if "remop" in config else {}))
+                          **({"remop_beta": 0.2} if "remop" in config else {}))
     targets, outputs = [], []
     algorithm.consistency_loss.register_forward_hook(lambda m, args, out: targets.append(args[1]))
     algorithm.model.register_forward_hook(lambda m, args, out: outputs.append(out) if args[0].shape[0] > 1 else None)
@@ -86,7 +87,8 @@ def test_one_step_pseudo_labels_the_prediction_minus_the_solid_images(config, ti
     raw = out["logits"][weak].detach().float().argmax(dim=1)
     assert not torch.equal(linear, raw)  # the test can tell the debiased prediction from the raw one
     if "mixture" in out:
-        expected = (out["mixture"][weak].detach().clamp_min(0) * torch.exp(-bias)).argmax(dim=1)
+        shift = torch.softmax(out["logits"][weak].detach().float() - bias, dim=1) - torch.softmax(out["logits"][weak].detach().float(), dim=1)
+        expected = (out["mixture"][weak].detach() + 0.2 * shift).argmax(dim=1)  # beta = 0.2
         assert not torch.equal(expected, linear)  # the test can tell the mixture from the linear prediction
     else:
         expected = linear

@@ -43,11 +43,14 @@ What differs from the authors' code:
   gives an infinite distance and a NaN tau, which they skip);
 - a USB epoch is ``num_iter_per_epoch`` steps (the authors': 500).
 
-With ReMoP on top (``imb_algorithm: remop``): ReMoP's mixture p_m of the weak view (Eq. 6) takes the place of
-softmax(z_w) in both pseudo-labels and in the plain confidence, and the logit adjustment is applied to the mixture in
-log space -- q proportional to p_m * pi^(-tau), keeping the mixture's mass (:func:`~.imb_common.adjusted_probs`), so
-tau = 0 gives ReMoP's mixture itself and, without ReMoP, q is exactly softmax(z_w - tau log pi). ReMoP mixes the
-backbone's classifier; the balanced head's own confidence (its mask term and the estimate of pi_u) stays its softmax.
+With ReMoP on top (``imb_algorithm: remop``): ReMoP's mixture of the weak view (Eq. 6) takes the place of
+softmax(z_w) in the plain confidence, and of softmax(z_w - tau log pi) in both pseudo-labels the mixture of the
+adjusted linear prediction and the unchanged feature prediction s: beta softmax(z_w - tau log pi) + (1 - beta) s
+(``remop_mix: logit``: softmax(beta (z_w - tau log pi) + (1 - beta) s); :func:`~.imb_common.adjusted_prediction`).
+tau = 0 gives ReMoP's mixture itself. The logit adjustment is a correction of the linear classifier's class prior;
+the cosines of s are on no log-probability scale -- multiplying the whole mixture by pi^-tau (tried first) moved every
+pseudo-label to the rarest class (contract: mask 1.0, accuracy 0.07). ReMoP mixes the backbone's classifier; the
+balanced head's own confidence (its mask term and the estimate of pi_u) stays its softmax.
 ReMoP's mixture is then the test-time prediction (ReMoP's rule) and the standard head is reported beside it; the
 balanced head is not reported.
 """
@@ -65,7 +68,7 @@ from semilearn.core.utils import ALGORITHMS
 from ..errors import UserError
 from ..nets.wrapper import BackboneWrapper
 from .cpe import frequency_ranks
-from .imb_common import adjusted_probs, forward_batches, labeled_class_counts
+from .imb_common import adjusted_prediction, forward_batches, labeled_class_counts
 
 #: floor of a distribution before its logarithm
 PROB_FLOOR = 1e-8
@@ -219,9 +222,10 @@ class ACR(FixMatch):
             sup_loss = self.ce_loss(out_lb["logits"], y_lb, reduction="mean")
             sup_loss_b = balanced_ce(out_lb["logits_b"], y_lb, log_pi, self.tau2)
 
-            probs_w = self.compute_prob(out_w["logits"].detach())  # ReMoP: its mixture
-            adjusted = adjusted_probs(probs_w, self.acr_tau * log_pi)
-            adjusted_b = adjusted_probs(probs_w, self.tau12 * log_pi)
+            logits_w = out_w["logits"].detach()
+            probs_w = self.compute_prob(logits_w)  # ReMoP: its mixture
+            adjusted = adjusted_prediction(self, probs_w, logits_w, self.acr_tau * log_pi)
+            adjusted_b = adjusted_prediction(self, probs_w, logits_w, self.tau12 * log_pi)
             conf_b, pred_b = torch.softmax(out_w["logits_b"].detach().float(), dim=-1).max(dim=-1)
 
             conf, pseudo = adjusted.max(dim=-1)

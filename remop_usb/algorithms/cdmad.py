@@ -28,11 +28,10 @@ What differs from the authors' code:
   here are FixMatch's (hard labels, 0.95) -- ``hard_label: False`` and ``p_cutoff: 0`` give theirs;
 - one strong view per unlabeled image (the authors use two).
 
-With ReMoP on top (``imb_algorithm: remop``): ReMoP's mixture p_m of the weak view (Eq. 6) replaces softmax(z_w),
-and the bias is subtracted from it in log space -- q proportional to p_m * exp(-g(I)), keeping the mixture's mass
-(:func:`~.imb_common.adjusted_probs`), which without ReMoP is exactly softmax(z_w - g(I)). g(I) stays the linear
-classifier's logits on the solid image: the feature prediction (cosine to the class centers) can be negative, and
-its log of a solid image's response is not a usable bias. ReMoP's mixture is then the test-time prediction (ReMoP's
+With ReMoP on top (``imb_algorithm: remop``): the pseudo-labels come from ReMoP's mixture (Eq. 6) of the debiased
+linear prediction and the unchanged feature prediction s, beta softmax(z_w - g(I)) + (1 - beta) s (``remop_mix:
+logit``: softmax(beta (z_w - g(I)) + (1 - beta) s); :func:`~.imb_common.adjusted_prediction`). g(I) is the linear
+classifier's bias; the feature prediction (cosines to the class centers) is on no logit scale and is not shifted. ReMoP's mixture is then the test-time prediction (ReMoP's
 rule); the linear logits are reported beside it, the debiased logits are not.
 """
 
@@ -45,7 +44,7 @@ from semilearn.core.utils import ALGORITHMS
 
 from ..evaluation import eval_mode
 from ..nets.wrapper import BackboneWrapper
-from .imb_common import adjusted_probs, forward_batches
+from .imb_common import adjusted_prediction, forward_batches
 
 
 def solid_image(like: torch.Tensor, fill: float) -> torch.Tensor:
@@ -107,7 +106,8 @@ class CDMAD(FixMatch):
 
     def pseudo_label_probs(self, logits_w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """The debiased prediction of the weak view: softmax(z_w - g(I)) (ReMoP: its mixture, shifted likewise)."""
-        return adjusted_probs(self.compute_prob(logits_w.detach()), bias.reshape(-1))
+        logits_w = logits_w.detach()
+        return adjusted_prediction(self, self.compute_prob(logits_w), logits_w, bias.reshape(-1))
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
         bias = self.measure_bias(x_ulb_w)

@@ -6,8 +6,8 @@
   the frequency order of the classes.
 - :func:`forward_batches`: the model's outputs for several batches, in one pass over their concatenation
   (``use_cat``) or one pass each (CPE, Ada-CM).
-- :func:`adjusted_probs`: a prediction shifted in log space (ACR's logit adjustment, CDMAD's bias subtraction), on
-  softmax rows and on ReMoP's mixture alike.
+- :func:`adjusted_probs`, :func:`adjusted_prediction`: a prediction shifted in log space (ACR's logit adjustment,
+  CDMAD's bias subtraction) -- under ReMoP, of its mixture's linear part.
 """
 
 from __future__ import annotations
@@ -71,3 +71,21 @@ def adjusted_probs(probs: torch.Tensor, adjustment: torch.Tensor) -> torch.Tenso
     shifted = positive * weights
     total = shifted.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, shifted * (positive.sum(dim=-1, keepdim=True) / total.clamp_min(1e-30)), positive)
+
+
+def adjusted_prediction(algorithm, probs: torch.Tensor, logits: torch.Tensor, adjustment: torch.Tensor):
+    """The learner's weak-view prediction ``probs`` (``compute_prob`` of ``logits``) with the linear classifier's
+    logits shifted by ``-adjustment`` (ACR's logit adjustment, CDMAD's bias): softmax(z - a) for a plain learner; under
+    ReMoP its mixture (Eq. 6) of the shifted linear prediction and the unchanged feature prediction s --
+    ``remop_mix: prob``: p_m + beta (softmax(z - a) - softmax(z)) = beta softmax(z - a) + (1 - beta) s;
+    ``remop_mix: logit``: softmax(beta (z - a) + (1 - beta) s), the mixture shifted by beta * a in log space. The
+    feature prediction (cosines to the class centers) is on no log-probability scale, so it is not shifted."""
+    from .remop import ReMoP
+
+    adjustment = adjustment.reshape(-1).to(probs.device)
+    if not isinstance(algorithm, ReMoP):
+        return adjusted_probs(probs, adjustment)
+    if algorithm.mix == "logit":
+        return adjusted_probs(probs, algorithm.beta * adjustment)
+    z = logits.detach().float()
+    return probs.float() + algorithm.beta * (torch.softmax(z - adjustment.float(), dim=-1) - torch.softmax(z, dim=-1))
