@@ -1,0 +1,29 @@
+"""Method contract (tests/test_contracts.py) of SimPro: from the stand-in backbone, the pseudo-labels its
+unsupervised loss trains on engage (mask) and are right (accuracy against the kept-back labels) over the second half
+of a 100-step run, and its closed-form prior update has acted at the epoch end (step 50): the E-step's unlabeled
+prior pi_u is no longer the uniform one it starts from.
+
+ReMoP on SimPro has no contract here: measured on this run (config/demo/remop_simpro.yaml), both its sources stay
+dead over steps 50-100 (``pl`` and ``remop`` mask 0.00) -- see the commit that added this file. That the mixture
+is what SimPro's E-step uses under ReMoP is checked in tests/test_simpro.py."""
+
+import pytest
+import torch
+
+from test_contracts import ACC_FLOOR, MASK_FLOOR, contract_run, final
+
+CONTRACTS = {
+    "config/demo/simpro.yaml": ("pl",),
+}
+
+
+@pytest.mark.parametrize("config", sorted(CONTRACTS))
+def test_simpro_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract_rafdb, pretrained_backbone,
+                                                                       tmp_path):
+    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, config)
+    for source in CONTRACTS[config]:
+        fig = final(algorithm, source)
+        assert fig["mask"] >= MASK_FLOOR, (source, fig)
+        assert fig["acc"] is not None and fig["acc"] >= ACC_FLOOR, (source, fig)
+    pi_u = algorithm.priors.pi_u.cpu()
+    assert not torch.allclose(pi_u, torch.full_like(pi_u, 1 / 7)), pi_u.tolist()  # re-estimated at step 50
