@@ -84,32 +84,55 @@ METHODS: Dict[str, Tuple[str, dict]] = {
     "remop_simpro": ("SimPro w/ ReMoP (beyond the paper)", {**_SIMPRO, **_REMOP}),
 }
 
-#: methods with demo configs only (not in the paper's tables)
-DEMO_ONLY = ("remop_flexmatch", "remop_freematch", "remop_softmatch", "simpro", "remop_simpro", "acr", "remop_acr",
+#: methods beyond the paper's tables: a demo config each, and cells in Tables 3-4's settings (not Table 5's)
+BEYOND_PAPER = ("remop_flexmatch", "remop_freematch", "remop_softmatch", "simpro", "remop_simpro", "acr", "remop_acr",
              "cdmad", "remop_cdmad")
 # USB 0.3.2's other imbalanced algorithms on FixMatch (remop_usb/usb_compat/imb_algorithms.py; CoSSL is refused
-# there, so it has no config); demo configs only, with USB's defaults except the warm-up lengths, scaled to the demo
+# there, so it has no config), with USB's defaults; their schedule keys (warm-ups, CReST's generations) are set per
+# schedule by :func:`schedule_keys` -- the demo's in DEMO_METHOD_KEYS
 _USB_IMB = {
-    "crest": ("FixMatch w/ CReST (Wei et al., 2021)", {"crest_num_gens": 2, "crest_dist_align_t": 0.5,
-                                                       "crest_pro_dist_align": False, "crest_alpha": 3.0}),
-    "crest+": ("FixMatch w/ CReST+ (Wei et al., 2021)", {"crest_num_gens": 2, "crest_dist_align_t": 0.5,
-                                                         "crest_pro_dist_align": True, "crest_alpha": 3.0}),
+    "crest": ("FixMatch w/ CReST (Wei et al., 2021)", {"crest_dist_align_t": 0.5, "crest_pro_dist_align": False,
+                                                       "crest_alpha": 3.0}),
+    "crest+": ("FixMatch w/ CReST+ (Wei et al., 2021)", {"crest_dist_align_t": 0.5, "crest_pro_dist_align": True,
+                                                         "crest_alpha": 3.0}),
     "saw": ("FixMatch w/ SAW (Lai et al., 2022)", {}),
-    "darp": ("FixMatch w/ DARP (Kim et al., 2020)", {"darp_warmup_epochs": 1, "darp_alpha": 2.0, "darp_iter_T": 10,
+    "darp": ("FixMatch w/ DARP (Kim et al., 2020)", {"darp_alpha": 2.0, "darp_iter_T": 10,
                                                      "darp_num_refine_iter": 10}),
     "daso": ("FixMatch w/ DASO (Oh et al., 2022)", {"daso_queue_len": 256, "daso_T_proto": 0.05, "daso_T_dist": 1.5,
                                                     "daso_interp_alpha": 0.5, "daso_with_dist_aware": True,
-                                                    "daso_assign_loss_ratio": 1.0, "daso_num_pretrain_iter": 100,
-                                                    "daso_num_pl_dist_iter": 20}),
+                                                    "daso_assign_loss_ratio": 1.0}),
     "debiaspl": ("FixMatch w/ DebiasPL (Wang et al., 2022)", {"debiaspl_tau": 0.4, "debiaspl_ema_p": 0.999}),
-    "tras": ("FixMatch w/ TRAS (Wei et al., 2022)", {"tras_warmup_epochs": 1, "tras_A": 2, "tras_B": 2,
-                                                     "tras_tro": 1.0}),
+    "tras": ("FixMatch w/ TRAS (Wei et al., 2022)", {"tras_A": 2, "tras_B": 2, "tras_tro": 1.0}),
 }
 METHODS.update({name.replace("+", "_plus"): (title, {**_FIXMATCH, "imb_algorithm": name, **keys})
                 for name, (title, keys) in _USB_IMB.items()})
-DEMO_ONLY = DEMO_ONLY + tuple(name.replace("+", "_plus") for name in _USB_IMB)
+BEYOND_PAPER = BEYOND_PAPER + tuple(name.replace("+", "_plus") for name in _USB_IMB)
 #: the methods of the paper's tables
-PAPER_METHODS = tuple(m for m in METHODS if m not in DEMO_ONLY)
+PAPER_METHODS = tuple(m for m in METHODS if m not in BEYOND_PAPER)
+#: the tables whose settings the methods beyond the paper get cells in
+BEYOND_PAPER_TABLES = ("table3", "table4")
+
+#: USB 0.3.2's imbalanced CIFAR schedule (config/classic_cv_imb: 256 epochs x 1,024 iterations), the scale of its
+#: defaults for the warm-ups below
+_USB_EPOCHS, _USB_ITERS = 256, 262144
+
+
+def schedule_keys(method: str, epochs: int, iters: int) -> dict:
+    """The keys of ``method`` that depend on the length of training, for a run of ``epochs`` x ``iters / epochs``:
+    USB's defaults at the same fraction of training (DARP refines after 200 of 256 epochs, TRAS's head after 10,
+    DASO blends after 5,120 of 262,144 iterations and recounts every 100), and CReST's 6 generations sharing the run's
+    iterations (whole epochs each)."""
+    base = method.replace("_plus", "")
+    if base == "darp":
+        return {"darp_warmup_epochs": round(epochs * 200 / _USB_EPOCHS)}
+    if base == "tras":
+        return {"tras_warmup_epochs": max(1, round(epochs * 10 / _USB_EPOCHS))}
+    if base == "daso":
+        return {"daso_num_pretrain_iter": round(iters * 5120 / _USB_ITERS), "daso_num_pl_dist_iter": 100}
+    if base == "crest":
+        per_epoch, gens = iters // epochs, 6
+        return {"crest_num_gens": gens, "epoch": epochs // gens, "num_train_iter": epochs // gens * per_epoch}
+    return {}
 
 # -- datasets and settings -------------------------------------------------------------------------------------
 
@@ -220,8 +243,13 @@ _COMMENTS = {
 DEMO_METHOD_KEYS = {"inpl": {"inpl_energy_cutoff": "auto", "p_cutoff": 0.95},
                     # ACR: the demo's 4 epochs estimate the unlabeled distribution from the second one on
                     "acr": {"acr_est_epoch": 0}, "remop_acr": {"acr_est_epoch": 0}}
-#: CReST trains crest_num_gens generations of num_train_iter steps each: two of 200 fit the demo's 400 steps
-DEMO_METHOD_KEYS.update({"crest": {"num_train_iter": 200}, "crest_plus": {"num_train_iter": 200}})
+#: USB's imbalanced algorithms' schedule keys on the demo's 400 steps (4 epochs), scaled by hand, not by
+#: schedule_keys: a warm-up of one epoch (USB's fractions would leave DARP 3 of 4 epochs, DASO 8 steps); DASO's
+#: recount every 20 steps; CReST trains crest_num_gens generations of num_train_iter steps each: two of 200
+DEMO_METHOD_KEYS.update({"crest": {"crest_num_gens": 2, "num_train_iter": 200},
+                         "crest_plus": {"crest_num_gens": 2, "num_train_iter": 200},
+                         "darp": {"darp_warmup_epochs": 1}, "tras": {"tras_warmup_epochs": 1},
+                         "daso": {"daso_num_pretrain_iter": 100, "daso_num_pl_dist_iter": 20}})
 _COMMENTS.update({
     "crest_num_gens": "generations, each num_train_iter steps from the initial weights (USB: 6)",
     "crest_pro_dist_align": "CReST+: progressive distribution alignment of the pseudo-labels",
@@ -277,6 +305,7 @@ def paper_config(method: str, setting: Setting, save_dir: str = None) -> Tuple[s
     name = f"{method}_{setting.name}"
     keys = {**_method_keys(method), "save_dir": save_dir or f"./saved_models/{setting.table}",
             "save_name": f"{name}_s0", **PAPER_COMMON, **setting.keys()}
+    keys.update(schedule_keys(method, keys["epoch"], keys["num_train_iter"]))
     keys = _ordered(_unpinned(keys))
     title = f"{METHODS[method][0]} -- {setting.table}, setting {setting.name}"
     comments = _COMMENTS if "num_train_iter" in keys else {**_COMMENTS, "epoch": _EPOCH_OF_PRESET}
@@ -334,6 +363,7 @@ EXAMPLES = (("config/remop_fixmatch_rafdb.yaml", "remop_fixmatch", "rafdb_500_15
 def all_configs() -> Dict[str, str]:
     """Every generated file: relative path -> text."""
     files = dict(paper_config(m, s) for s in SETTINGS for m in PAPER_METHODS)
+    files.update(paper_config(m, s) for s in SETTINGS if s.table in BEYOND_PAPER_TABLES for m in BEYOND_PAPER)
     files.update(demo_config(m) for m in METHODS)
     by_name = {s.name: s for s in SETTINGS}
     for path, method, setting in EXAMPLES:

@@ -32,6 +32,7 @@ A grid (YAML; relative paths are relative to the grid file's folder)::
       remop_fixmatch: {label: w/ ReMoP (Ours), overrides: {remop_beta: 0.5}}
     settings:                                    # columns, in order: name -> overrides
       rafdb-N2000-g50: {num_labels: 2000, lb_imb_ratio: 50}
+      ferplus_1000_150: {config: ../table4/{method}_{setting}.yaml}   # a setting's own template (not a run key)
     seeds: [0, 1, 2]
 
 Precedence, lowest first: the config file < ``overrides`` < the method's < the setting's < ``--set KEY=VALUE`` <
@@ -164,23 +165,34 @@ def load_grid(path):
                 raise UserError(f"{at('methods')}: method '{name}': unknown key '{key}' "
                                 f"(expected: {', '.join(METHOD_KEYS)})")
         config = spec.get("config", data.get("config"))
-        if not config:
-            raise UserError(f"{at('methods')}: method '{name}' has no config and the grid no 'config' template")
-        methods[str(name)] = {"label": str(spec.get("label", name)), "config": str(config),
+        methods[str(name)] = {"label": str(spec.get("label", name)), "config": None if config is None else str(config),
+                              "own_config": "config" in spec,
                               "overrides": _check_overrides(spec.get("overrides"), f"method '{name}'", at("methods"))}
-    settings = {str(name): _check_overrides(values, f"setting '{name}'", at("settings"))
-                for name, values in _mapping(data["settings"], "settings", at("settings")).items()}
+    settings, setting_configs = {}, {}
+    for name, values in _mapping(data["settings"], "settings", at("settings")).items():
+        values = dict(_mapping(values, f"setting '{name}'", at("settings")))
+        if "config" in values:  # the setting's own template (e.g. its table's folder), not a key of the runs
+            setting_configs[str(name)] = str(values.pop("config"))
+        settings[str(name)] = _check_overrides(values, f"setting '{name}'", at("settings"))
+    for name, spec in methods.items():
+        if "config" not in (data["methods"][name] or {}) and not data.get("config"):
+            missing = [s for s in settings if s not in setting_configs]
+            if missing:
+                raise UserError(f"{at('methods')}: method '{name}' has no config, and neither has the grid nor "
+                                f"setting '{missing[0]}'")
     for name in list(methods) + list(settings):
         if not name or "/" in name or name.startswith(".") or name.startswith("seed"):
             raise UserError(f"{where(path)}: '{name}' cannot name a folder (no '/', no leading '.' or 'seed')")
     return {"name": str(data.get("name", os.path.splitext(os.path.basename(path))[0])),
-            "folder": os.path.dirname(os.path.abspath(path)),
+            "folder": os.path.dirname(os.path.abspath(path)), "setting_configs": setting_configs,
             "overrides": _check_overrides(data.get("overrides"), "overrides", at("overrides")),
             "methods": methods, "settings": settings, "seeds": list(seeds)}
 
 
 def _config_path(grid, method, setting, grid_path):
-    template = grid["methods"][method]["config"]
+    """The method's own template, else the setting's, else the grid's, filled for this cell."""
+    spec = grid["methods"][method]
+    template = spec["config"] if spec["own_config"] else grid["setting_configs"].get(setting, spec["config"])
     try:
         name = template.format(method=method, setting=setting, **grid["settings"][setting])
     except (KeyError, IndexError, ValueError) as err:

@@ -33,9 +33,28 @@ def test_every_cell_of_tables_3_to_5_has_a_config_per_method():
              "table5": ["rafdb+affectnet", "ferplus+affectnet"]}
     methods = ["supervised", "fixmatch", "abc", "adsh", "inpl", "cpe", "adacm", "remop_supervised",
                "remop_fixmatch", "remop_adacm"]
+    beyond = ["remop_flexmatch", "remop_freematch", "remop_softmatch", "acr", "remop_acr", "cdmad", "remop_cdmad",
+              "simpro", "remop_simpro", "crest", "crest_plus", "saw", "darp", "daso", "debiaspl", "tras"]
     expected = {f"config/paper/{t}/{m}_{s}.yaml" for t, settings in cells.items() for s in settings for m in methods}
+    # the methods beyond the paper: Tables 3-4's settings (Table 5's AffectNet pool is the paper's own experiment)
+    expected |= {f"config/paper/{t}/{m}_{s}.yaml" for t in ("table3", "table4") for s in cells[t] for m in beyond}
     assert {p for p in files if p.startswith("config/paper/")} == expected
-    assert {f"config/demo/{m}.yaml" for m in methods} <= set(files)
+    assert {f"config/demo/{m}.yaml" for m in methods + beyond} <= set(files)
+
+
+def test_schedule_keys_keep_usbs_fractions_of_training():
+    """USB's defaults are for its 256 x 1,024-iteration CIFAR runs: DARP refines after 200 epochs (78%), TRAS's head
+    after 10 (3.9%), DASO blends after 5,120 iterations (1.95%); CReST's 6 generations share the run."""
+    assert pc.schedule_keys("darp", 100, 100000) == {"darp_warmup_epochs": 78}  # 100 * 200 / 256 = 78.1
+    assert pc.schedule_keys("darp", 80, 80000) == {"darp_warmup_epochs": 62}  # 62.5 -> 62 (round half to even)
+    assert pc.schedule_keys("tras", 100, 100000) == {"tras_warmup_epochs": 4}  # 3.9
+    assert pc.schedule_keys("daso", 100, 100000) == {"daso_num_pretrain_iter": 1953, "daso_num_pl_dist_iter": 100}
+    assert pc.schedule_keys("crest_plus", 100, 100000) == {"crest_num_gens": 6, "epoch": 16, "num_train_iter": 16000}
+    assert pc.schedule_keys("fixmatch", 100, 100000) == {}
+    darp = _parsed("config/paper/table3/darp_rafdb_500_150.yaml")
+    assert (darp.darp_warmup_epochs, darp.epoch, darp.num_train_iter) == (78, 100, 100000)
+    crest = _parsed("config/paper/table4/crest_ferplus_1000_150.yaml")  # 80 epochs: 6 generations of 13
+    assert (crest.crest_num_gens, crest.epoch, crest.num_train_iter, crest.batch_size) == (6, 13, 13000, 32)
 
 
 def _parsed(rel, *extra):
@@ -92,7 +111,9 @@ PRESET_RUNS = _preset_runs()
 
 def test_every_preset_bearing_config_is_covered():
     files = {rel for rel, _, _ in PRESET_RUNS}
-    assert len(files) == 40  # 3 ReMoP methods x 10 paper cells, 9 ReMoP demo configs, the README example
+    # 3 ReMoP methods x 10 paper cells, 6 ReMoP methods beyond the paper x 8 cells of Tables 3-4, 9 ReMoP demo
+    # configs, the README example
+    assert len(files) == 3 * 10 + 6 * 8 + 9 + 1
     assert {preset for _, _, preset in PRESET_RUNS} == {"paper", "official"}
 
 

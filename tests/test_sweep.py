@@ -190,6 +190,27 @@ def test_every_grid_names_existing_config_files(name):
     assert all(os.path.isfile(r.config) for r in runs)
 
 
+def test_a_setting_may_name_its_own_config_template(tmp_path):
+    """Precedence of the config template: the method's own, else the setting's (not a key of its runs), else the
+    grid's; a method left with none for some setting is named in one line."""
+    (tmp_path / "grid.yaml").write_text(
+        "config: g/{method}_{setting}.yaml\n"
+        "methods: {a: {}, b: {config: 'm/{method}.yaml'}}\n"
+        "settings: {s3: {config: 't3/{method}_{setting}.yaml', num_labels: 5}, s0: {}}\nseeds: [0]\n")
+    path = str(tmp_path / "grid.yaml")
+    for rel in ("t3/a_s3.yaml", "g/a_s0.yaml", "m/b.yaml"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text("algorithm: fixmatch\n")
+    grid = load_grid(path)
+    assert grid["settings"]["s3"] == {"num_labels": 5}
+    configs = {(r.method, r.setting): os.path.relpath(r.config, tmp_path) for r in plan(grid, path, "/nonexistent")}
+    assert configs == {("a", "s3"): "t3/a_s3.yaml", ("a", "s0"): "g/a_s0.yaml",
+                       ("b", "s3"): "m/b.yaml", ("b", "s0"): "m/b.yaml"}
+    (tmp_path / "grid.yaml").write_text("methods: {a: {}}\nsettings: {s3: {config: t3/x.yaml}, s0: {}}\nseeds: [0]\n")
+    with pytest.raises(UserError, match="method 'a' has no config, and neither has the grid nor setting 's0'"):
+        load_grid(path)
+
+
 # -- stopping and locking -----------------------------------------------------------------------------------------
 
 FAKE_TRAIN = """
