@@ -165,7 +165,9 @@ def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
 
 def train_worker(gpu, ngpus_per_node, args):
     """One training process: distributed set-up, logger, algorithm, optional resume, ``algorithm.train()``."""
-    from semilearn.core.utils import TBLog, get_logger
+    from semilearn.core.utils import TBLog
+
+    from .usb_compat.run_logger import run_logger
 
     args.gpu = gpu
     seed_everything(args.seed)
@@ -179,7 +181,7 @@ def train_worker(gpu, ngpus_per_node, args):
     save_path = os.path.join(args.save_dir, args.save_name)
     main_process = args.rank % ngpus_per_node == 0
     tb_log = TBLog(save_path, "tensorboard", use_tensorboard=args.use_tensorboard) if main_process else None
-    logger = get_logger(args.save_name, save_path, "INFO" if main_process else "WARNING")
+    logger = run_logger(args.save_name, save_path, "INFO" if main_process else "WARNING")
     logger.setLevel(logging.INFO if main_process else logging.WARNING)  # basicConfig may already be taken
 
     algorithm = build_algorithm(args, tb_log, logger, ngpus_per_node)

@@ -104,14 +104,18 @@ def one_batch(algorithm):
 
 
 def start_training(algorithm):
-    """What USB's ``train()`` does before its first step: the ``before_run`` hooks and the first epoch."""
+    """What USB's ``train()`` does before its first step: the ``before_run`` hooks, the first epoch and its
+    ``before_train_epoch`` hooks (SAW sets its class weights there)."""
     algorithm.call_hook("before_run")
     algorithm.epoch = algorithm.start_epoch  # ABC reads it
+    algorithm.call_hook("before_train_epoch")
 
 
 def step_on(algorithm, batch):
-    """One USB iteration on ``batch``: ``train_step``, then the parameter update (ParamUpdateHook); returns
+    """One USB iteration on ``batch``: the ``before_train_step`` hooks, ``train_step``, then the parameter update
+    (ParamUpdateHook); returns
     (out_dict, log_dict)."""
+    algorithm.call_hook("before_train_step")  # as USB's loop does (DebiasPL hands its loss p_hat there)
     algorithm.out_dict, algorithm.log_dict = algorithm.train_step(**batch)
     algorithm.call_hook("after_train_step", "ParamUpdateHook")
     return algorithm.out_dict, algorithm.log_dict

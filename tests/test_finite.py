@@ -105,8 +105,9 @@ def _finite(tensors):
 @pytest.mark.parametrize("config", demo_configs())
 def test_degenerate_batches_keep_losses_and_weights_finite(tiny_rafdb, tmp_path, config, case):
     overrides = NO_LABEL_FOR_TWO_CLASSES if case == "a_class_without_labeled_images" else {}
-    if "cpe" in config and overrides:  # logit adjustment needs log pi_k of every class: refused in one line
-        with pytest.raises(UserError, match=r"^cpe: logit adjustment needs a labeled sample of every class; "
+    adjusting = next((a for a in ("cpe", "acr") if a in config), None)
+    if adjusting and overrides:  # logit adjustment needs log pi_k of every class: refused in one line
+        with pytest.raises(UserError, match=rf"^{adjusting}: logit adjustment needs a labeled sample of every class; "
                                             r"classes \[\d, \d\] have none$"):
             build_for(tiny_rafdb, tmp_path, config=config, **overrides)
         return

@@ -178,6 +178,16 @@ def _progressive_t(algorithm, gen):
     return (1.0 - cur) * 1.0 + cur * algorithm.dist_align_t
 
 
+def crest_imb_init(original):
+    def imb_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.cur_dist_align_t = _progressive_t(self, 0)
+
+    imb_init.__doc__ = ("``CReST.imb_init`` plus generation 0's distribution-alignment temperature (USB sets it only "
+                        "inside ``train``, so a step taken before -- a hook, a test -- had none).")
+    return imb_init
+
+
 def crest_train(self):
     """Replaces ``CReST.train``: USB's loop over generations (each retrains from the initial weights on the labeled
     set grown by the previous generation's pseudo-labels), made resumable: the generation a checkpoint was written
@@ -256,6 +266,7 @@ def _install_crest():
     # re_init places each generation's models; the batch size was divided among the GPUs once, at build time
     module.send_model_cuda = lambda args, model, clip_batch=True: place_model(args, model, clip_batch=False)
     cls = module.CReST
+    cls.imb_init = crest_imb_init(cls.imb_init)
     cls.get_split = crest_get_split
     cls.train = crest_train
     cls.get_save_dict = crest_get_save_dict(cls.get_save_dict)
@@ -266,12 +277,14 @@ def _install_crest():
 
 def saw_before_run(self, algorithm):
     """``SAWWeightsHook.before_run`` on the algorithm's device: labeled weights from the labeled counts, unlabeled
-    weights from a uniform guess -- unless a checkpoint already brought them (a resumed run keeps its refit)."""
+    weights from a uniform guess -- unless a checkpoint already brought them (a resumed run keeps its refit). A class
+    without labeled images counts as one (as in the refit): USB's effective number 1 - beta^0 = 0 gives it an infinite
+    weight, and the normalisation then zeroes every other class's (no labeled loss at all)."""
     from semilearn.imb_algorithms.saw.utils import effective_weights
 
     device = device_of(algorithm)
     if getattr(algorithm, "x_lb_weights", None) is None:
-        algorithm.x_lb_weights = effective_weights(self.y_lb_cnt).to(device)
+        algorithm.x_lb_weights = effective_weights(torch.as_tensor(self.y_lb_cnt).clamp(min=1)).to(device)
     if getattr(algorithm, "x_ulb_weights", None) is None:
         k = len(self.y_lb_cnt)
         algorithm.x_ulb_weights = effective_weights(torch.full((k,), self.num_ulb / k, dtype=torch.float64)).to(device)
