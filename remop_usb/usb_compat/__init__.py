@@ -18,8 +18,8 @@ process_batch drops every key    keys from the first ``train_step`` in the MRO t
 send_model_cuda raises on CPU    :func:`place_model`: CPU, one GPU or DDP (gloo on CPU, nccl on GPU)
 ABC & co. expect ``.module``     :class:`ModuleWrapper` gives every non-DDP model a ``.module``
 get_dataset is a fixed if/elif   FER datasets dispatched first, USB's names fall through
-get_logger adds a file handler  :mod:`.run_logger`: a run's logger drops the file handlers an earlier run of the
-  per call, never removes one     same name left in this process (they wrote into, and reopened, its log.txt)
+get_logger adds a file handler   :mod:`.run_logger`: a run's logger drops the file handlers an earlier run of the
+  per call, never removes one    same name left in this process (they wrote into, and reopened, its log.txt)
 optimizers SGD/AdamW only        :mod:`.optim` adds Adam and a constant schedule (its own table)
 supervised omits features        USB's ``supervised``/``fullysupervised`` re-registered returning ``feat``
 ABC evaluates logits_aux only    ABC declares its heads (aux first, linear beside it) for results.json
