@@ -68,7 +68,7 @@ from semilearn.core.utils import ALGORITHMS
 from ..errors import UserError
 from ..nets.wrapper import BackboneWrapper
 from .cpe import frequency_ranks
-from .imb_common import adjusted_prediction, forward_batches, labeled_class_counts
+from .imb_common import AdaptedModels, adjusted_prediction, forward_batches, labeled_class_counts, log_prior
 
 #: floor of a distribution before its logarithm
 PROB_FLOOR = 1e-8
@@ -174,7 +174,7 @@ class AdaptiveTauHook(Hook):
 # -- the learner -----------------------------------------------------------------------------------------------------
 
 @ALGORITHMS.register("acr")
-class ACR(FixMatch):
+class ACR(AdaptedModels, FixMatch):
     """ACR (Wei & Gan, CVPR 2023) in FixMatch's step; see the module docstring."""
 
     prediction_heads = (("balanced", "logits_b"), ("standard", "logits"))
@@ -189,20 +189,12 @@ class ACR(FixMatch):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
 
     # -- building ----------------------------------------------------------------------------------------------------
-    def set_model(self):
-        return TwoHeadNet(super().set_model(), self.num_classes)
-
-    def set_ema_model(self):
-        ema_model = TwoHeadNet(self.net_builder(num_classes=self.num_classes), self.num_classes)
-        ema_model.load_state_dict(self.model.state_dict())
-        return ema_model
+    def _adapt(self, net):
+        return TwoHeadNet(net, self.num_classes)
 
     def set_hooks(self):
         counts = labeled_class_counts(self.dataset_dict["train_lb"].targets, self.num_classes)
-        if (counts <= 0).any():
-            raise UserError(f"acr: logit adjustment needs a labeled sample of every class; classes "
-                            f"{(counts <= 0).nonzero().flatten().tolist()} have none")
-        self.log_pi = torch.log(counts / counts.sum())
+        self.log_pi = log_prior(counts, "acr")
         hook = AdaptiveTauHook(self.log_pi.exp(), reversed_prior(counts), self.tau_min, self.tau1, self.ema_u)
         self.register_hook(hook, "ACRTauHook")
         super().set_hooks()

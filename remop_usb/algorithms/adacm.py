@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from semilearn.algorithms.hooks import MaskingHook, PseudoLabelingHook
 from semilearn.algorithms.utils import SSL_Argument, str2bool
@@ -51,7 +50,7 @@ from ..evaluation import eval_mode
 from ..nets.wrapper import BackboneWrapper
 from ..usb_compat import device_of
 from ..usb_compat.unlabeled_views import with_second_weak_view
-from .imb_common import forward_batches
+from .imb_common import AdaptedModels, forward_batches, sum_over_processes
 
 MARGIN_SOURCES = ("train", "ema")
 
@@ -142,23 +141,9 @@ class AdaptiveMarginHook(MaskingHook):
             self.reset_stats()
             for probs, labels in algorithm.ema_labeled_probs():
                 self._add(*correct_confidence_stats(probs, labels, self.num_classes))
-        sums, counts = _all_reduce(algorithm, self.sums.clone(), self.counts.clone())
+        sums, counts = sum_over_processes(algorithm, self.sums.clone(), self.counts.clone())
         self.margins = adaptive_margins(sums, counts, algorithm.epoch + 1, self.scale, self.rate, self.floor)
         self.reset_stats()
-
-
-def _all_reduce(algorithm, *tensors):
-    """Sum the per-process statistics of a distributed run (``source: train`` sees only its own batches)."""
-    if not (getattr(algorithm, "distributed", False) and dist.is_available() and dist.is_initialized()
-            and dist.get_world_size() > 1):
-        return tensors
-    device = device_of(algorithm)
-    out = []
-    for t in tensors:
-        t = t.to(device)
-        dist.all_reduce(t)
-        out.append(t)
-    return tuple(out)
 
 
 # -- the network: unit features before the classifier --------------------------------------------------------------
@@ -178,7 +163,7 @@ class NormalizedFeatureNet(BackboneWrapper):
 # -- the learner -----------------------------------------------------------------------------------------------------
 
 @ALGORITHMS.register("adacm")
-class AdaCM(AlgorithmBase):
+class AdaCM(AdaptedModels, AlgorithmBase):
     """Ada-CM (Li et al., CVPR 2022): adaptive per-class confidence margins; CE on subset I, NT-Xent on subset II."""
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
@@ -195,13 +180,6 @@ class AdaCM(AlgorithmBase):
     def _adapt(self, net):
         return NormalizedFeatureNet(net) if self.normalize_feat else net
 
-    def set_model(self):
-        return self._adapt(super().set_model())
-
-    def set_ema_model(self):
-        ema_model = self._adapt(self.net_builder(num_classes=self.num_classes))
-        ema_model.load_state_dict(self.model.state_dict())
-        return ema_model
 
     def set_dataset(self):
         dataset_dict = super().set_dataset()

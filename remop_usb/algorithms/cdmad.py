@@ -44,7 +44,7 @@ from semilearn.core.utils import ALGORITHMS
 
 from ..evaluation import eval_mode
 from ..nets.wrapper import BackboneWrapper
-from .imb_common import adjusted_prediction, forward_batches
+from .imb_common import AdaptedModels, adjusted_prediction, forward_batches
 
 
 def solid_image(like: torch.Tensor, fill: float) -> torch.Tensor:
@@ -77,7 +77,7 @@ class SolidImageBiasNet(BackboneWrapper):
 
 
 @ALGORITHMS.register("cdmad")
-class CDMAD(FixMatch):
+class CDMAD(AdaptedModels, FixMatch):
     """CDMAD (Lee & Kim, CVPR 2024) in FixMatch's step; see the module docstring."""
 
     prediction_heads = (("debiased", "logits_debiased"), ("linear", "logits"))
@@ -87,13 +87,8 @@ class CDMAD(FixMatch):
         self.debias_start = int(args.cdmad_debias_start)
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
 
-    def set_model(self):
-        return SolidImageBiasNet(super().set_model(), self.fill)
-
-    def set_ema_model(self):
-        ema_model = SolidImageBiasNet(self.net_builder(num_classes=self.num_classes), self.fill)
-        ema_model.load_state_dict(self.model.state_dict())
-        return ema_model
+    def _adapt(self, net):
+        return SolidImageBiasNet(net, self.fill)
 
     @torch.no_grad()
     def measure_bias(self, like: torch.Tensor) -> torch.Tensor:

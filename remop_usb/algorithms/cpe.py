@@ -40,21 +40,12 @@ from .. import pseudo_labels
 from ..errors import UserError
 from ..nets.resnet_fer import add_classwise_bn
 from ..nets.wrapper import BackboneWrapper
-from .imb_common import forward_batches, labeled_class_counts, require_base_algorithm
+from .imb_common import forward_batches, labeled_class_counts, log_prior, require_base_algorithm
 
 #: the experts, in the order of their heads; the first is the backbone's own classifier
 EXPERTS = ("long_tailed", "uniform", "inverse")
 #: model-output key of each expert's logits (mean over the BN branches)
 EXPERT_KEYS = {"long_tailed": "logits", "uniform": "logits_uniform", "inverse": "logits_inverse"}
-
-
-def log_prior(class_counts: torch.Tensor) -> torch.Tensor:
-    """log pi_k with pi the normalised labeled class counts; every class needs a labeled sample."""
-    counts = torch.as_tensor(class_counts, dtype=torch.float32)
-    if (counts <= 0).any():
-        missing = (counts <= 0).nonzero().flatten().tolist()
-        raise UserError(f"cpe: logit adjustment needs a labeled sample of every class; classes {missing} have none")
-    return torch.log(counts / counts.sum())
 
 
 def logit_adjustment(log_pi: torch.Tensor, tau: float) -> torch.Tensor:

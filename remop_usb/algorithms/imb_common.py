@@ -16,6 +16,7 @@ import contextlib
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..errors import UserError
 
@@ -89,3 +90,45 @@ def adjusted_prediction(algorithm, probs: torch.Tensor, logits: torch.Tensor, ad
         return adjusted_probs(probs, algorithm.beta * adjustment)
     z = logits.detach().float()
     return probs.float() + algorithm.beta * (torch.softmax(z - adjustment.float(), dim=-1) - torch.softmax(z, dim=-1))
+
+
+def log_prior(class_counts, who: str = "cpe") -> torch.Tensor:
+    """log pi_k with pi the normalised labeled class counts (logit adjustment: CPE, ACR); a class without a labeled
+    sample is a :class:`UserError` naming ``who`` (log 0 would be -inf)."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float32)
+    if (counts <= 0).any():
+        missing = (counts <= 0).nonzero().flatten().tolist()
+        raise UserError(f"{who}: logit adjustment needs a labeled sample of every class; classes {missing} have none")
+    return torch.log(counts / counts.sum())
+
+
+def sum_over_processes(algorithm, *tensors):
+    """``tensors`` summed over the processes of a distributed run, on the algorithm's device (themselves otherwise):
+    per-process statistics that an epoch-end update needs whole (Ada-CM's margins, SimPro's priors)."""
+    if not (getattr(algorithm, "distributed", False) and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1):
+        return tensors
+    from ..usb_compat import device_of
+
+    out = []
+    for t in tensors:
+        t = t.to(device_of(algorithm))
+        dist.all_reduce(t)
+        out.append(t)
+    return tuple(out)
+
+
+class AdaptedModels:
+    """Mixin for a learner whose network is USB's wrapped by ``self._adapt`` (Ada-CM's unit feature, ACR's second
+    head, CDMAD's solid-image bias): the model and the EMA model are built the same way, the EMA a copy."""
+
+    def _adapt(self, net):
+        raise NotImplementedError
+
+    def set_model(self):
+        return self._adapt(super().set_model())
+
+    def set_ema_model(self):
+        ema_model = self._adapt(self.net_builder(num_classes=self.num_classes))
+        ema_model.load_state_dict(self.model.state_dict())
+        return ema_model

@@ -75,8 +75,7 @@ from semilearn.core.hooks import Hook
 from semilearn.core.utils import ALGORITHMS
 
 from ..errors import UserError
-from .adacm import _all_reduce
-from .imb_common import forward_batches, labeled_class_counts
+from .imb_common import forward_batches, labeled_class_counts, sum_over_processes
 
 MSTEP_PRIORS = ("training", "per_set")
 LB_LOSS_SCALES = ("loaders", "none")
@@ -152,7 +151,7 @@ class ClassPriors(Hook):
         self.pi_t = ema_prior(self.pi_t.double().cpu(), lb_counts + ulb_sums, self.momentum)
 
     def after_train_epoch(self, algorithm):
-        sums = _all_reduce(algorithm, self.ulb_sums.clone(), self.lb_counts.clone())
+        sums = sum_over_processes(algorithm, self.ulb_sums.clone(), self.lb_counts.clone())
         self.update(*sums)
         self.reset_sums()
         algorithm.print_fn("simpro priors: pi_u = [" + ", ".join(f"{p:.4f}" for p in self.pi_u.tolist())

@@ -175,6 +175,26 @@ def _stop_on_non_finite_loss(original):
     return after_train_step
 
 
+def train_epochs(algorithm, batches):
+    """USB's epoch loop (``AlgorithmBase.train`` between ``before_run`` and ``after_run``): from ``start_epoch``, the
+    epoch hooks around steps on ``batches()`` (an iterable of batch dicts per epoch), each step between its hooks,
+    until ``num_train_iter`` steps. For learners whose loop differs only in what a batch is (Vanilla: labeled
+    batches alone; CReST: around it, its generations)."""
+    for epoch in range(algorithm.start_epoch, algorithm.epochs):
+        algorithm.epoch = epoch
+        if algorithm.it >= algorithm.num_train_iter:
+            break
+        algorithm.call_hook("before_train_epoch")
+        for batch in batches():
+            if algorithm.it >= algorithm.num_train_iter:
+                break
+            algorithm.call_hook("before_train_step")
+            algorithm.out_dict, algorithm.log_dict = algorithm.train_step(**algorithm.process_batch(**batch))
+            algorithm.call_hook("after_train_step")
+            algorithm.it += 1
+        algorithm.call_hook("after_train_epoch")
+
+
 def _supervised_with_features():
     """USB's supervised learner returns no features (ReMoP and ABC read them) and trains one step too many."""
     from semilearn.algorithms.fullysupervised.fullysupervised import FullySupervised
@@ -193,19 +213,7 @@ def _supervised_with_features():
         def train(self):
             self.model.train()
             self.call_hook("before_run")
-            for epoch in range(self.start_epoch, self.epochs):
-                self.epoch = epoch
-                if self.it >= self.num_train_iter:
-                    break
-                self.call_hook("before_train_epoch")
-                for data_lb in self.loader_dict["train_lb"]:
-                    if self.it >= self.num_train_iter:
-                        break
-                    self.call_hook("before_train_step")
-                    self.out_dict, self.log_dict = self.train_step(**self.process_batch(**data_lb))
-                    self.call_hook("after_train_step")
-                    self.it += 1
-                self.call_hook("after_train_epoch")
+            train_epochs(self, lambda: self.loader_dict["train_lb"])
             self.call_hook("after_run")
 
     # Register quietly: USB's Register prints a line for every overwritten key.

@@ -195,6 +195,7 @@ def crest_train(self):
     checkpoint ended that generation its pending epoch-end hooks run before it pseudo-labels."""
     from semilearn.core.algorithmbase import AlgorithmBase
 
+    from . import train_epochs
     from .checkpointing import finish_interrupted_epoch
 
     self.model.train()
@@ -206,19 +207,8 @@ def crest_train(self):
             self.start_epoch = 0
             self.re_init()
         self.call_hook("before_run")
-        for epoch in range(self.start_epoch, self.epochs):
-            self.epoch = epoch
-            if self.it >= self.num_train_iter:
-                break
-            self.call_hook("before_train_epoch")
-            for data_lb, data_ulb in zip(self.loader_dict["train_lb"], self.loader_dict["train_ulb"]):
-                if self.it >= self.num_train_iter:
-                    break
-                self.call_hook("before_train_step")
-                self.out_dict, self.log_dict = self.train_step(**self.process_batch(**data_lb, **data_ulb))
-                self.call_hook("after_train_step")
-                self.it += 1
-            self.call_hook("after_train_epoch")
+        train_epochs(self, lambda: ({**lb, **ulb} for lb, ulb in zip(self.loader_dict["train_lb"],
+                                                                     self.loader_dict["train_ulb"])))
         finish_interrupted_epoch(self, AlgorithmBase.call_hook)  # resumed at a generation's last step
         self.print_fn(f"CReST generation {gen} finished (best eval acc so far {self.best_eval_acc:.4f}); "
                       f"pseudo-labelling the unlabeled set")
