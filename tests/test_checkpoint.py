@@ -2,6 +2,7 @@
 damaged latest_model.pth falls back to latest_model.prev.pth."""
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -23,7 +24,8 @@ def trained(tiny_rafdb, tmp_path_factory):
     """The save dir of a finished 3-iteration ReMoP+FixMatch run (checkpoints after iterations 2 and 3)."""
     save_dir = tmp_path_factory.mktemp("trained")
     assert main(train_argv(tiny_rafdb, save_dir, save_name="run", num_train_iter=3, num_eval_iter=2)) == 0
-    return os.path.join(save_dir, "run")
+    yield os.path.join(save_dir, "run")
+    shutil.rmtree(save_dir, ignore_errors=True)  # ~0.5 GB of checkpoints, not kept to the session's end
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +137,6 @@ def test_saving_keeps_the_replaced_latest_and_removes_stale_temporaries(tmp_path
 
 
 def test_resume_without_latest_uses_the_previous_checkpoint(tiny_rafdb, trained, tmp_path, capsys):
-    import shutil
-
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for name in ("latest_model.prev.pth", "split.json"):  # a kill between keeping the previous and the rename

@@ -109,19 +109,21 @@ def _state(algorithm):
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def _keep_checkpoints(algorithm, folder):
-    """Copy every latest_model.pth the run writes into its save dir to ``folder``/<n>.pth (n = 1, 2, ...)."""
-    original, written = algorithm.save_model, []
+def _keep_checkpoint(algorithm, folder, n):
+    """Copy the ``n``-th latest_model.pth (n = 1, 2, ...) the run writes into its save dir to ``folder``/<n>.pth; a
+    list that holds its path once written (only that one is kept: each is ~180 MB, and CI's disk is small)."""
+    original, count, kept = algorithm.save_model, [0], []
     run_dir = os.path.join(algorithm.save_dir, algorithm.save_name)
 
     def save_model(save_name, save_path):
         original(save_name, save_path)
         if save_name == "latest_model.pth" and os.path.abspath(save_path) == os.path.abspath(run_dir):
-            written.append(shutil.copy(os.path.join(save_path, save_name),
-                                       os.path.join(folder, f"{len(written) + 1}.pth")))
+            count[0] += 1
+            if count[0] == n:
+                kept.append(shutil.copy(os.path.join(save_path, save_name), os.path.join(folder, f"{n}.pth")))
 
     algorithm.save_model = save_model
-    return written
+    return kept
 
 
 @pytest.mark.parametrize("name", sorted(RESUME))
@@ -129,16 +131,18 @@ def test_resumed_run_ends_like_the_uninterrupted_one(name, tiny_rafdb, tmp_path)
     keys = dict(config=_config(name), num_train_iter=8, epoch=2, num_eval_iter=3, ema_m=0.9)
     keys.update(RESUME[name])
     whole = build_for(tiny_rafdb, tmp_path / "whole", seed=True, **keys)
-    written = _keep_checkpoints(whole, tmp_path)
-    whole.train()
     # the checkpoint to resume from: the first one (CReST: the first of its second generation; SAW: the first after
     # its epoch-end refit of the unlabeled class weights)
     first = {"crest": 3, "crest_plus": 3, "saw": 2}.get(name, 1)
-    checkpoint = torch.load(written[first - 1], map_location="cpu", weights_only=False)
+    kept = _keep_checkpoint(whole, tmp_path, first)
+    whole.train()
+    shutil.rmtree(tmp_path / "whole")  # its state is compared from memory
+    (kept,) = kept
+    checkpoint = torch.load(kept, map_location="cpu", weights_only=False)
     assert 0 < checkpoint["it"] < whole.num_train_iter and checkpoint.get("gen", 1) == 1
 
     resumed = build_for(tiny_rafdb, tmp_path / "resumed", seed=True, resume=True, **keys)
-    resumed.load_model(written[first - 1])
+    resumed.load_model(kept)
     if name == "saw":  # its refitted unlabeled class weights (not uniform) survive before_run (USB's resets them)
         assert checkpoint["x_ulb_weights"].unique().numel() > 1
         resumed.call_hook("before_run", "SAWWeightsHook")

@@ -9,7 +9,7 @@ import torch
 from semilearn.core.criterions import ConsistencyLoss
 
 from conftest import build_for, one_batch, start_training, step_on
-from remop_usb.algorithms.simpro import ClassPriors, SimPro, posterior
+from remop_usb.algorithms.simpro import ClassPriors, SimPro, e_step
 
 NO_PROCESSES = types.SimpleNamespace(distributed=False, print_fn=lambda *_: None)
 
@@ -39,17 +39,17 @@ def test_closed_form_prior_update_by_hand():
     assert priors.pi_t.tolist() == pytest.approx([.56125, .2655, .17325], abs=1e-12)
 
 
-def test_e_step_posterior_by_hand():
-    """q = softmax(log p + tau * log pi_u): p uniform, pi_u = (.5, .25, .25), tau = 2 -> (.25, .0625, .0625) / .375
-    = (2/3, 1/6, 1/6); p = softmax(log 2, 0, 0) = (.5, .25, .25), pi_u = (.25, .5, .25), tau = 1 -> (.4, .4, .2)."""
-    q = posterior(torch.full((1, 3), 1 / 3), torch.log(torch.tensor([.5, .25, .25])), 2.0)
-    assert q[0].tolist() == pytest.approx([2 / 3, 1 / 6, 1 / 6], abs=1e-6)
-    probs = torch.softmax(torch.tensor([[math.log(2.0), 0.0, 0.0]]), dim=-1)
-    q = posterior(probs, torch.log(torch.tensor([.25, .5, .25])), 1.0)
-    assert q[0].tolist() == pytest.approx([.4, .4, .2], abs=1e-6)
-    # a ReMoP mixture row with an entry below zero (remop_mix: prob): clamped at 1e-6, then renormalised
-    q = posterior(torch.tensor([[0.6, -0.1, 0.3]]), torch.zeros(3), 1.0)
-    assert q[0].tolist() == pytest.approx([0.6 / 0.900001, 1e-6 / 0.900001, 0.3 / 0.900001], abs=1e-6)
+def test_e_step_by_hand():
+    """SimPro alone: q = softmax(z + tau * log pi_u), its max the confidence. p uniform, pi_u = (.5, .25, .25),
+    tau = 2 -> (.25, .0625, .0625) / .375 = (2/3, 1/6, 1/6); p = softmax(log 2, 0, 0) = (.5, .25, .25),
+    pi_u = (.25, .5, .25), tau = 1 -> (.4, .4, .2)."""
+    alone = SimPro.__new__(SimPro)
+    logits = torch.zeros(1, 3)
+    conf, q = e_step(alone, torch.full((1, 3), 1 / 3), logits, -2.0 * torch.log(torch.tensor([.5, .25, .25])))
+    assert q[0].tolist() == pytest.approx([2 / 3, 1 / 6, 1 / 6], abs=1e-6) and conf.item() == pytest.approx(2 / 3)
+    logits = torch.tensor([[math.log(2.0), 0.0, 0.0]])
+    conf, q = e_step(alone, torch.softmax(logits, -1), logits, -torch.log(torch.tensor([.25, .5, .25])))
+    assert q[0].tolist() == pytest.approx([.4, .4, .2], abs=1e-6) and conf.item() == pytest.approx(.4)
 
 
 def _learner(mstep_prior="training", hard_label=False, lb_loss_scale="loaders"):
@@ -61,7 +61,7 @@ def _learner(mstep_prior="training", hard_label=False, lb_loss_scale="loaders"):
     priors.pi_t = torch.tensor([.25, .5, .25], dtype=torch.float64)
     priors.pi_u = torch.tensor([.5, .25, .25], dtype=torch.float64)
     alg.hooks_dict = {"SimProPriorHook": priors}
-    alg.num_classes, alg.tau, alg.p_cutoff, alg.use_hard_label = 3, 2.0, 0.6, hard_label
+    alg.num_classes, alg.prior_tau, alg.p_cutoff, alg.use_hard_label = 3, 2.0, 0.6, hard_label
     alg.mstep_prior, alg.lb_loss_scale = mstep_prior, lb_loss_scale
     alg.dataset_dict = {"train_lb": range(10), "train_ulb": range(40)}
     alg.args = types.SimpleNamespace(uratio=2)
@@ -73,7 +73,7 @@ def _step(alg):
     """Zero logits everywhere; weak-view predictions: uniform (q = (2/3, 1/6, 1/6), confident) and (.2, .4, .4)
     (q = (.05, .025, .025) / .1 = (.5, .25, .25), below 0.6: masked out); labeled row of class 2."""
     probs_w = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [.2, .4, .4]])
-    return alg.losses(torch.zeros(1, 3), torch.tensor([2]), probs_w, torch.zeros(2, 3))
+    return alg.losses(torch.zeros(1, 3), torch.tensor([2]), probs_w, torch.zeros(2, 3), torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("mstep_prior", ["training", "per_set"])
@@ -104,16 +104,21 @@ def test_hard_targets_and_unscaled_labeled_loss():
 
 
 def test_remop_on_simpro_pseudo_labels_from_the_prior_adjusted_mixture(tiny_rafdb, tmp_path):
-    """Under ReMoP the E-step's prediction is the mixture of the weak view's rows, and q its prior-adjusted
-    posterior -- not the linear softmax's."""
+    """Under ReMoP the E-step shifts the mixture's linear part by the unlabeled prior and keeps the feature part:
+    m = beta softmax(z + tau log pi_u) + (1 - beta) s, recomputed here from the step's recorded rows
+    (s = (p_m - beta softmax(z)) / (1 - beta)); the mask thresholds max m, the target is m's positive part
+    normalised. Checked by hand on one row too: z = 0 (softmax 1/7), s = (.9, .1, 0, 0, 0, 0, -.2),
+    pi_u = (.4, .2, .1, .1, .1, .05, .05), tau = 2, beta = .5: softmax(2 log pi_u) = pi_u^2 / .235, so
+    m_0 = .5 * .16 / .235 + .45 = .790426, m_6 = .5 * .0025 / .235 - .1 = -.094681, q_0 = m_0 / .994681."""
     alg = build_for(tiny_rafdb, tmp_path, config="config/demo/remop_simpro.yaml")
+    assert (alg.tau, alg.prior_tau) == (0.95, 2.0)  # ReMoP's mixture threshold, SimPro's prior exponent
     alg.priors.pi_u = torch.tensor([.4, .2, .1, .1, .1, .05, .05], dtype=torch.float64)
     seen = {}
     losses = alg.losses
 
-    def spying(logits_lb, y_lb, probs_w, logits_s):
+    def spying(logits_lb, y_lb, probs_w, logits_w, logits_s):
         seen["probs_w"] = probs_w
-        seen["out"] = losses(logits_lb, y_lb, probs_w, logits_s)
+        seen["out"] = losses(logits_lb, y_lb, probs_w, logits_w, logits_s)
         return seen["out"]
 
     alg.losses = spying
@@ -121,12 +126,36 @@ def test_remop_on_simpro_pseudo_labels_from_the_prior_adjusted_mixture(tiny_rafd
     alg.train_step(**batch)
     n_lb, n_ulb = batch["y_lb"].shape[0], batch["x_ulb_w"].shape[0]
     (record,) = alg.recorder.records  # use_cat: one forward over [x_lb, x_ulb_w, x_ulb_s]
-    mixture, logits = record["mixture"][n_lb:n_lb + n_ulb], record["logits"][n_lb:n_lb + n_ulb]
+    mixture, logits = record["mixture"][n_lb:n_lb + n_ulb], record["logits"][n_lb:n_lb + n_ulb].float()
     assert torch.equal(seen["probs_w"], mixture)
-    q = seen["out"][3]
-    assert torch.allclose(q, posterior(mixture, alg.priors.log("u"), alg.tau))
-    assert not torch.allclose(q, posterior(torch.softmax(logits.float(), -1), alg.priors.log("u"), alg.tau),
-                              atol=1e-3)
+    beta, log_pi_u = alg.beta, alg.priors.log("u").float()
+    s = (mixture - beta * torch.softmax(logits, -1)) / (1 - beta)
+    m = beta * torch.softmax(logits + alg.prior_tau * log_pi_u, -1) + (1 - beta) * s
+    _, _, mask, q = seen["out"]
+    assert torch.allclose(q, m.clamp_min(0) / m.clamp_min(0).sum(-1, keepdim=True), atol=1e-5)
+    assert torch.equal(mask, (m.max(-1)[0] >= alg.p_cutoff).float())
+    # one row by hand
+    alg.beta = 0.5
+    s_row = torch.tensor([[.9, .1, 0, 0, 0, 0, -.2]])
+    zero = torch.zeros(1, 7)
+    conf, q = e_step(alg, 0.5 / 7 + 0.5 * s_row, zero, -2.0 * torch.log(alg.priors.pi_u.float()))
+    assert conf.item() == pytest.approx(.5 * .16 / .235 + .45, abs=1e-5)
+    assert q[0, 0].item() == pytest.approx((.5 * .16 / .235 + .45) / .994681, abs=1e-5) and q[0, 6].item() == 0
+
+
+def test_remop_refuses_a_learner_that_overwrites_its_settings(tiny_rafdb, tmp_path, monkeypatch):
+    """SimPro once kept its prior exponent in ``self.tau``, where ReMoP keeps its mixture threshold: ReMoP's
+    center-loss mask then compared max p_m with 2.0 and never engaged. ReMoP now checks, after the learner's
+    construction, that every attribute it set is still its own."""
+    init = SimPro.simpro_init
+
+    def old_init(self, args):
+        init(self, args)
+        self.tau = float(args.simpro_tau)
+
+    monkeypatch.setattr(SimPro, "simpro_init", old_init)
+    with pytest.raises(RuntimeError, match=r"'simpro' overwrites ReMoP's attributes \['tau'\]"):
+        build_for(tiny_rafdb, tmp_path, config="config/demo/remop_simpro.yaml")
 
 
 def test_priors_and_the_epochs_running_sums_are_checkpointed(tiny_rafdb, tmp_path):

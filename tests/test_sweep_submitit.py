@@ -16,6 +16,7 @@ Real processes throughout. What submitit's local executor cannot show, and how i
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def two_workers(grid, tmp_path_factory):
     procs = [_sweep("--grid", grid, "--out", out) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    return out, outputs
+    yield out, outputs
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)  # ~1 GB of checkpoints, not kept to the session's end
 
 
 def _attempts(log_path):

@@ -241,7 +241,12 @@ class ReMoP(ImbAlgorithmBase):
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         self.imb_init(args)
+        settings = dict(vars(self))
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
+        overwritten = sorted(k for k, v in settings.items() if getattr(self, k, None) is not v)
+        if overwritten:  # one object: a learner setting a name of its own there would silently change ReMoP
+            raise RuntimeError(f"the base learner '{args.algorithm}' overwrites ReMoP's attributes {overwritten}; "
+                               f"rename them in the learner")
         self.model = self._wrap(self.model)
         self.ema_model = self._wrap(self.ema_model)
         self.ema_model.load_state_dict(self.model.state_dict())

@@ -52,17 +52,22 @@ Differences from the authors' code:
 - the priors and the epoch's running sums are saved in checkpoints (:class:`ClassPriors`), so a resumed run goes on
   with them; the authors' checkpoints do not keep them.
 
-ReMoP on top (``algorithm: simpro``, ``imb_algorithm: remop``): SimPro's pseudo-labels come from
-``self.compute_prob`` of the weak logits, combined with the unlabeled prior in log space:
+ReMoP on top (``algorithm: simpro``, ``imb_algorithm: remop``): SimPro's E-step reads ``self.compute_prob`` of the
+weak logits -- under ReMoP the mixture p_m of the same rows (ReMoP's Eq. 6-7) -- and the unlabeled prior shifts its
+linear part only, as ACR's and CDMAD's adjustments do (:func:`~.imb_common.adjusted_prediction`):
 
-      q(y | x_w) = softmax_y( log max(p_y(x_w), 1e-6) + tau * log pi_u,y )
+      m(x_w) = beta * softmax( z(x_w) + tau * log pi_u ) + (1 - beta) * s(x_w)      (``remop_mix: prob``)
 
-For SimPro alone p = softmax(z), and this is exactly (E). Under ReMoP ``compute_prob`` returns the mixture p_m of the
-same rows (ReMoP's Eq. 7), so the mixture takes the place of the class-conditional prediction and the unlabeled
-prior is applied to it: the mixture drives the posterior, the mask, the targets and so the estimate of pi_u. (With
-``remop_mix: prob`` a mixture row need not be a distribution: entries are clamped at 1e-6 before the log, and the
-softmax renormalises.) The M-step's adjusted logits stay the linear classifier's (the mixture has no logits to
-adjust), and ReMoP's own center loss uses the unadjusted mixture as for every learner.
+A row is kept when max m >= ``p_cutoff``, on the mixture's own scale as ReMoP's Eq. 7 thresholds p_m, and its target
+q is m's positive part normalised to sum one (its argmax with ``hard_label: True``). For SimPro alone m = q is
+exactly (E). The feature prediction s (cosines to the class centers, Eq. 5) is on no log-probability scale, so the
+prior does not shift it; and its row need not sum to one (the cosines to the other classes' centers are added), so a
+posterior normalised over the whole mixture row -- softmax(log p_m + tau * log pi_u) -- stays far below any useful
+``p_cutoff``: measured on the demo contract run, the pseudo-label mask stayed at 0.00 that way. The M-step's
+adjusted logits stay the linear classifier's (the mixture has no logits to adjust), and ReMoP's own center loss
+thresholds the unshifted mixture, as for every learner (measured on the contract run: mask 0.08, or 0.075 when it read the shifted one). SimPro's
+prior exponent is ``self.prior_tau``: ``self.tau`` is ReMoP's mixture threshold (when SimPro kept its exponent there,
+ReMoP compared max p_m with 2.0 and its center loss never saw an unlabeled row).
 """
 
 from __future__ import annotations
@@ -75,14 +80,12 @@ from semilearn.core.hooks import Hook
 from semilearn.core.utils import ALGORITHMS
 
 from ..errors import UserError
-from .imb_common import forward_batches, labeled_class_counts, sum_over_processes
+from .imb_common import adjusted_prediction, forward_batches, labeled_class_counts, sum_over_processes
 
 MSTEP_PRIORS = ("training", "per_set")
 LB_LOSS_SCALES = ("loaders", "none")
 #: floor of a prior before its log (the authors add 1e-12 to pi^tau)
 PRIOR_FLOOR = 1e-12
-#: floor of a prediction row before its log in the E-step (a ReMoP mixture row may have entries <= 0)
-PROB_FLOOR = 1e-6
 
 
 # -- the math ------------------------------------------------------------------------------------------------------
@@ -92,11 +95,15 @@ def log_prior(prior: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.as_tensor(prior).clamp_min(PRIOR_FLOOR))
 
 
-def posterior(probs: torch.Tensor, log_pi_u: torch.Tensor, tau: float) -> torch.Tensor:
-    """(E): q = softmax(log p + tau * log pi_u) of prediction rows ``probs`` (softmax(z): exactly
-    softmax(z + tau * log pi_u)); entries of ``probs`` are clamped at :data:`PROB_FLOOR` before the log."""
-    log_p = torch.log(probs.float().clamp_min(PROB_FLOOR))
-    return torch.softmax(log_p + tau * log_pi_u.to(log_p), dim=-1)
+def e_step(algorithm, probs: torch.Tensor, logits: torch.Tensor, adjustment: torch.Tensor):
+    """(E) of weak-view rows: (confidence, q). ``probs`` = ``algorithm.compute_prob(logits)``, shifted by
+    ``-adjustment`` = + tau * log pi_u: softmax(z + tau * log pi_u) for SimPro alone, the mixture's linear part under
+    ReMoP (:func:`~.imb_common.adjusted_prediction`). The confidence is the shifted row's maximum; q is its positive
+    part normalised to sum one (for a softmax row, the row itself)."""
+    shifted = adjusted_prediction(algorithm, probs, logits, adjustment.to(probs.device, torch.float32)).float()
+    positive = shifted.clamp_min(0.0)
+    q = positive / positive.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return shifted.max(dim=-1)[0], q
 
 
 def adjusted_ce(logits: torch.Tensor, targets: torch.Tensor, log_pi: torch.Tensor, tau: float) -> torch.Tensor:
@@ -178,7 +185,8 @@ class SimPro(AlgorithmBase):
         if not 0.0 <= args.p_cutoff <= 1.0:
             raise UserError(f"p_cutoff must be in [0, 1] (a posterior probability), got {args.p_cutoff}")
         self.p_cutoff, self.use_hard_label = float(args.p_cutoff), bool(args.hard_label)
-        self.tau, self.mstep_prior = float(args.simpro_tau), args.simpro_mstep_prior
+        # not self.prior_tau: ReMoP on top keeps its mixture threshold there
+        self.prior_tau, self.mstep_prior = float(args.simpro_tau), args.simpro_mstep_prior
         self.lb_loss_scale = args.simpro_lb_loss_scale
 
     def set_hooks(self):
@@ -204,16 +212,16 @@ class SimPro(AlgorithmBase):
         log_t = self.priors.log("t")
         return log_t, log_t
 
-    def losses(self, logits_lb, y_lb, probs_w, logits_s):
+    def losses(self, logits_lb, y_lb, probs_w, logits_w, logits_s):
         """(supervised loss, unsupervised loss, mask, soft pseudo-labels q) of one step; ``probs_w`` are the weak
-        view's predictions (``compute_prob`` of its logits)."""
-        q = posterior(probs_w.detach(), self.priors.log("u"), self.tau)
-        mask = (q.max(dim=-1)[0] >= self.p_cutoff).to(q.dtype)
+        view's predictions (``compute_prob`` of its logits ``logits_w``)."""
+        confidence, q = e_step(self, probs_w.detach(), logits_w.detach(), -self.prior_tau * self.priors.log("u"))
+        mask = (confidence >= self.p_cutoff).to(q.dtype)
         target = F.one_hot(q.argmax(dim=-1), self.num_classes).to(q.dtype) if self.use_hard_label else q
         log_pi_a, log_pi_b = self.mstep_log_priors()
-        sup = adjusted_ce(logits_lb, y_lb, log_pi_a, self.tau).mean() / self.batch_ratio()
+        sup = adjusted_ce(logits_lb, y_lb, log_pi_a, self.prior_tau).mean() / self.batch_ratio()
         # through USB's consistency loss (the pseudo-label monitor reads it): CE(z_s + tau log pi_b, target) * mask
-        logits_s_adjusted = logits_s.float() + self.tau * log_pi_b.to(logits_s.device, torch.float32)
+        logits_s_adjusted = logits_s.float() + self.prior_tau * log_pi_b.to(logits_s.device, torch.float32)
         unsup = self.consistency_loss(logits_s_adjusted, target, "ce", mask=mask)
         return sup, unsup, mask, q
 
@@ -223,7 +231,7 @@ class SimPro(AlgorithmBase):
             out_lb, out_w, out_s = forward_batches(self.model, (x_lb, x_ulb_w, x_ulb_s), self.use_cat,
                                                    ("logits", "feat"), order=(0, 2, 1), no_grad=(1,))
             probs_w = self.compute_prob(out_w["logits"].detach())
-            sup, unsup, mask, q = self.losses(out_lb["logits"], y_lb, probs_w, out_s["logits"])
+            sup, unsup, mask, q = self.losses(out_lb["logits"], y_lb, probs_w, out_w["logits"], out_s["logits"])
             total = sup + self.lambda_u * unsup
         self.priors.observe(y_lb, q, mask)
         out_dict = self.process_out_dict(loss=total, feat={"x_lb": out_lb["feat"], "x_ulb_w": out_w["feat"],
