@@ -26,6 +26,7 @@ exactly that, and :func:`test_remop_contract_fails_with_the_old_feature_and_cent
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -67,7 +68,12 @@ CONTRACTS = {
 CONTRACT_KEYS = {
     "config/demo/adacm.yaml": {"adacm_normalize_feat": False},
     "config/demo/remop_adacm.yaml": {"adacm_normalize_feat": False},
+    # read by test_remop_centers_follow_their_classes_and_fig1b_is_logged too (the diagnostics only read the model)
+    "config/demo/remop_fixmatch.yaml": {"diagnostics": True, "diag_max_samples": 0},
 }
+
+#: contract runs that a second test of this module reads too (trained once, kept until the module ends)
+SHARED = ("config/demo/remop_fixmatch.yaml", "config/demo/remop_flexmatch.yaml", "config/demo/adsh.yaml")
 
 
 def contract_run(data_dir, save_dir, backbone, config, **overrides):
@@ -87,9 +93,28 @@ def final(algorithm, source):
     return figures
 
 
+@pytest.fixture(scope="module")
+def contract_of(contract_rafdb, pretrained_backbone, tmp_path_factory):
+    """``contract_of(config, folder)``: the trained contract run of ``config`` (with its :data:`CONTRACT_KEYS`) in
+    ``folder``; a run in :data:`SHARED` is trained once, in a folder of the module's, and kept for the module."""
+    shared_dir, runs = tmp_path_factory.mktemp("shared_contracts"), {}
+
+    def get(config, folder):
+        if config not in SHARED:
+            return contract_run(contract_rafdb, folder, pretrained_backbone, config, **CONTRACT_KEYS.get(config, {}))
+        if config not in runs:
+            runs[config] = contract_run(contract_rafdb, shared_dir / os.path.basename(config), pretrained_backbone,
+                                        config, **CONTRACT_KEYS.get(config, {}))
+        return runs[config]
+
+    yield get
+    runs.clear()
+    shutil.rmtree(shared_dir, ignore_errors=True)
+
+
 @pytest.mark.parametrize("config", sorted(CONTRACTS))
-def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract_rafdb, pretrained_backbone, tmp_path):
-    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, config, **CONTRACT_KEYS.get(config, {}))
+def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract_of, tmp_path):
+    algorithm = contract_of(config, tmp_path)
     for source in CONTRACTS[config]:
         fig = final(algorithm, source)
         assert fig["mask"] >= MASK_FLOOR, (source, fig)
@@ -129,9 +154,8 @@ def test_vanilla_remop_centers_follow_their_classes(contract_rafdb, pretrained_b
     assert cos.min().item() >= CENTER_COSINE_FLOOR, cos.tolist()
 
 
-def test_remop_centers_follow_their_classes_and_fig1b_is_logged(contract_rafdb, pretrained_backbone, tmp_path):
-    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_fixmatch.yaml",
-                             diagnostics=True, diag_max_samples=0)
+def test_remop_centers_follow_their_classes_and_fig1b_is_logged(contract_of):
+    algorithm = contract_of("config/demo/remop_fixmatch.yaml", None)
     cos = centers_to_class_means(algorithm)
     assert cos.min().item() >= CENTER_COSINE_FLOOR, cos.tolist()
     with open(os.path.join(algorithm.save_dir, algorithm.save_name, "diagnostics.jsonl")) as f:
@@ -143,10 +167,10 @@ def test_remop_centers_follow_their_classes_and_fig1b_is_logged(contract_rafdb, 
     assert last["pseudo_labels"]["mixture"]["macro_f1"] > 2.0 / 7
 
 
-def test_flexmatch_thresholds_are_not_degenerate(contract_rafdb, pretrained_backbone, tmp_path):
+def test_flexmatch_thresholds_are_not_degenerate(contract_of):
     """FlexMatch's learning effects count the samples whose max p_m passes tau: with a dead mixture none ever does,
     every class-wise threshold stays 0 and every pseudo-label is accepted (mask 1)."""
-    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_flexmatch.yaml")
+    algorithm = contract_of("config/demo/remop_flexmatch.yaml", None)
     hook = algorithm.hooks_dict["MaskingHook"]
     selected = (hook.selected_label >= 0).sum().item()
     assert 0 < selected < len(hook.selected_label)
@@ -161,9 +185,9 @@ def test_remop_contract_fails_with_the_old_feature_and_centers(contract_rafdb, p
     assert final(algorithm, "remop")["mask"] < MASK_FLOOR
 
 
-def test_adsh_refits_its_thresholds_mid_run(contract_rafdb, pretrained_backbone, tmp_path):
+def test_adsh_refits_its_thresholds_mid_run(contract_of):
     """Adsh's own mechanism engages: after the first epoch's refit its class-wise thresholds are no longer all
     tau_1 (a run whose refit never happened would be FixMatch)."""
-    algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/adsh.yaml")
+    algorithm = contract_of("config/demo/adsh.yaml", None)
     thresholds = algorithm.hooks_dict["MaskingHook"].thresholds
     assert (thresholds != 0.95).any(), thresholds.tolist()
