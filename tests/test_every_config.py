@@ -4,6 +4,7 @@ iterations on generated data in that table's layout (its own datasets, batch siz
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -48,6 +49,9 @@ def test_every_demo_config_trains_and_records_one_split(tiny_rafdb, tmp_path, de
         assert (res["algorithm"], res["imb_algorithm"]) == (cfg["algorithm"], imb), path
         assert _json(tmp_path, name, "split.json")["sha256"] == res["split_sha256"]
         hashes[name] = res["split_sha256"]
+        for checkpoint in ("latest_model.pth", "latest_model.prev.pth", "model_best.pth"):  # ~0.5 GB a run: CI's
+            if os.path.exists(os.path.join(tmp_path, name, checkpoint)):                   # disk is small
+                os.remove(os.path.join(tmp_path, name, checkpoint))
     assert set(hashes.values()) == {demo_split_sha256}, hashes
 
 
