@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import build_for, one_line_error, train_argv
+from conftest import build_for, one_line_error, restored, train_argv
 from remop_usb.launch import main
 from remop_usb.usb_compat import checkpointing
 
@@ -134,6 +134,37 @@ def test_saving_keeps_the_replaced_latest_and_removes_stale_temporaries(tmp_path
     assert checkpointing.remove_stale_temporaries(tmp_path) == [str(stale)]
     assert sorted(os.listdir(tmp_path)) == ["latest_model.prev.pth", "latest_model.pth"]
     assert torch.load(path)["it"] == 2 and torch.load(tmp_path / "latest_model.prev.pth")["it"] == 1
+
+
+def test_a_best_step_writes_its_state_once_and_latest_names_the_same_file(remop, tmp_path, monkeypatch):
+    """At a checkpoint step that is the best so far, model_best.pth is written and latest_model.pth becomes a second
+    name of it (hard link); the replaced latest is kept as .prev, and a step that is not the best writes latest
+    alone, leaving model_best.pth as it was."""
+    run = tmp_path / "run"
+    serialised = []
+    real_save = checkpointing.atomic_save
+
+    def counting_save(obj, path, keep_previous=False):
+        serialised.append(os.path.basename(path))
+        return real_save(obj, path, keep_previous)
+
+    def save_at(it, best_it):
+        remop.it, remop.best_it, remop._remop_checkpoint_due = it, best_it, True
+        checkpointing.save_due_checkpoint(remop)
+
+    with restored(remop):
+        remop.save_dir, remop.save_name, remop.epoch = str(tmp_path), "run", 0
+        monkeypatch.setattr(checkpointing, "atomic_save", counting_save)
+        save_at(1, 0)  # not the best: latest alone (a checkpoint stores completed iterations, it + 1)
+        save_at(3, 3)  # the best: model_best.pth, then latest as its second name
+        assert serialised == ["latest_model.pth", "model_best.pth"]
+        assert os.path.samefile(run / "latest_model.pth", run / "model_best.pth")
+        assert torch.load(run / "latest_model.pth", weights_only=False)["it"] == 4
+        assert torch.load(run / "latest_model.prev.pth", weights_only=False)["it"] == 2
+        save_at(4, 3)  # not the best: latest is replaced, the best keeps its file
+    assert torch.load(run / "latest_model.pth", weights_only=False)["it"] == 5
+    assert torch.load(run / "model_best.pth", weights_only=False)["it"] == 4
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
 
 
 def test_resume_without_latest_uses_the_previous_checkpoint(tiny_rafdb, trained, tmp_path, capsys):

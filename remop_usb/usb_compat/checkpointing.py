@@ -40,7 +40,9 @@ hooks' state (Adsh's thresholds, Dash's rho, ...)      every hook's state is sav
 
 When checkpoints are written: on USB's schedule -- after every ``num_eval_iter``-th iteration and after the last
 one ``model_best.pth`` (when that step is the best so far) and ``latest_model.pth`` are written, once all of the
-step's hooks have run; ``EvaluationHook.after_run`` saves ``latest_model.pth`` once more at the end. A killed run
+step's hooks have run (when the step is the best, ``latest_model.pth`` is a hard link to the ``model_best.pth`` just
+written from the same state, not a second serialisation); ``EvaluationHook.after_run`` saves ``latest_model.pth``
+once more at the end. A killed run
 therefore loses at most ``num_eval_iter - 1`` iterations. Only the process of rank 0 writes. Keeping
 ``latest_model.prev.pth`` costs the disk space of one more checkpoint (the hard link holds the replaced file).
 
@@ -138,6 +140,23 @@ def atomic_save(obj, path, keep_previous=False) -> str:
     return path
 
 
+def atomic_link(source, path, keep_previous=False) -> str:
+    """``path`` made the same file as ``source`` (a hard link; a copy where links fail), atomically as
+    :func:`atomic_save`: a checkpoint whose content another name already holds is not serialised and written again.
+    Files are only ever replaced by a rename, never changed in place, so the two names stay independent."""
+    path = os.fspath(path)
+    with atomic_output(path, suffix=".tmp", prefix=_temporary_prefix(path)) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        if keep_previous and os.path.exists(path):
+            _keep_as_previous(path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
 def remove_stale_temporaries(folder) -> list:
     """Delete what a killed save left in ``folder`` (hidden ``.<name>.pth.<random>.tmp`` files); returns them."""
     if not os.path.isdir(folder):
@@ -152,8 +171,12 @@ def save_model(self, save_name, save_path):
     """AlgorithmBase.save_model, atomically (see the table above)."""
     os.makedirs(save_path, exist_ok=True)
     remove_stale_temporaries(save_path)
-    target = atomic_save(self.get_save_dict(), os.path.join(save_path, save_name),
-                         keep_previous=save_name in KEEP_PREVIOUS)
+    path, keep_previous = os.path.join(save_path, save_name), save_name in KEEP_PREVIOUS
+    same = getattr(self, "_remop_same_state_in", None)  # written this step from the same state (model_best.pth)
+    if same is not None and os.path.abspath(same) != os.path.abspath(path) and os.path.isfile(same):
+        target = atomic_link(same, path, keep_previous=keep_previous)
+    else:
+        target = atomic_save(self.get_save_dict(), path, keep_previous=keep_previous)
     self.print_fn(f"model saved: {target}")
 
 
@@ -593,9 +616,12 @@ def save_due_checkpoint(algorithm):
     try:
         if algorithm.it == algorithm.best_it:
             algorithm.save_model("model_best.pth", save_path)
+            # the same state: latest_model.pth becomes a second name of that file (one serialisation, one write)
+            algorithm._remop_same_state_in = os.path.join(save_path, "model_best.pth")
         algorithm.save_model("latest_model.pth", save_path)
     finally:
         algorithm._remop_saving_in_step = False
+        algorithm._remop_same_state_in = None
 
 
 def finish_interrupted_epoch(algorithm, call_hook):
