@@ -119,13 +119,7 @@ def _fsync_dir(folder):
 
 def _keep_as_previous(path):
     """Make ``previous_path(path)`` the current content of ``path`` (hard link; a copy where links fail)."""
-    previous = previous_path(path)
-    with atomic_output(previous, suffix=".tmp", prefix=_temporary_prefix(previous)) as tmp:
-        os.unlink(tmp)
-        try:
-            os.link(path, tmp)
-        except OSError:
-            shutil.copyfile(path, tmp)
+    atomic_link(path, previous_path(path))
 
 
 def atomic_save(obj, path, keep_previous=False) -> str:
