@@ -3,7 +3,6 @@
 import contextlib
 import copy
 import os
-import shutil
 import tempfile
 
 import numpy as np
@@ -13,16 +12,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # caches (FERPlus pixels, image checks, AffectNet index) go to a fresh folder, never the user's ~/.cache
 # (REMOP_USB_TEST_CACHE names one to reuse between sessions, e.g. to keep the session's stand-in backbone)
 os.environ["REMOP_USB_CACHE"] = os.environ.get("REMOP_USB_TEST_CACHE") or tempfile.mkdtemp(prefix="remop-usb-test-cache-")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    """An expected failure's ``tmp_path`` goes as a passed test's does (``tmp_path_retention_policy = failed`` keeps
-    it): a contract run below its floor leaves ~0.5 GB of checkpoints, and CI's disk is small."""
-    report = yield
-    if call.when == "call" and getattr(report, "wasxfail", None) is not None and "tmp_path" in item.funcargs:
-        shutil.rmtree(item.funcargs["tmp_path"], ignore_errors=True)
-    return report
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +113,7 @@ def start_training(algorithm):
 
 def step_on(algorithm, batch):
     """One USB iteration on ``batch``: the ``before_train_step`` hooks, ``train_step``, then the parameter update
-    (ParamUpdateHook); returns
-    (out_dict, log_dict)."""
+    (ParamUpdateHook); returns (out_dict, log_dict)."""
     algorithm.call_hook("before_train_step")  # as USB's loop does (DebiasPL hands its loss p_hat there)
     algorithm.out_dict, algorithm.log_dict = algorithm.train_step(**batch)
     algorithm.call_hook("after_train_step", "ParamUpdateHook")

@@ -3,9 +3,10 @@ unsupervised loss trains on engage (mask) and are right (accuracy against the ke
 of a 100-step run, and its closed-form prior update has acted at the epoch end (step 50): the E-step's unlabeled
 prior pi_u is no longer the uniform one it starts from.
 
-ReMoP on SimPro has no contract here: measured on this run (config/demo/remop_simpro.yaml), both its sources stay
-dead over steps 50-100 (``pl`` and ``remop`` mask 0.00) -- see the commit that added this file. That the mixture
-is what SimPro's E-step uses under ReMoP is checked in tests/test_simpro.py."""
+ReMoP on SimPro (config/demo/remop_simpro.yaml) is held to the same floors for both its sources: SimPro's
+pseudo-labels from the prior-shifted mixture (``pl``) and ReMoP's confident mixture rows (``remop``). Both were dead
+(mask 0.00) before the E-step stopped normalising the mixture row and SimPro stopped overwriting ReMoP's threshold;
+tests/test_simpro.py checks both mechanisms by hand."""
 
 import pytest
 import torch

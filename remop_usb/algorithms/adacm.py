@@ -180,7 +180,6 @@ class AdaCM(AdaptedModels, AlgorithmBase):
     def _adapt(self, net):
         return NormalizedFeatureNet(net) if self.normalize_feat else net
 
-
     def set_dataset(self):
         dataset_dict = super().set_dataset()
         dataset_dict["train_ulb"] = with_second_weak_view(dataset_dict["train_ulb"])

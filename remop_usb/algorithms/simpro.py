@@ -65,9 +65,9 @@ prior does not shift it; and its row need not sum to one (the cosines to the oth
 posterior normalised over the whole mixture row -- softmax(log p_m + tau * log pi_u) -- stays far below any useful
 ``p_cutoff``: measured on the demo contract run, the pseudo-label mask stayed at 0.00 that way. The M-step's
 adjusted logits stay the linear classifier's (the mixture has no logits to adjust), and ReMoP's own center loss
-thresholds the unshifted mixture, as for every learner (measured on the contract run: mask 0.08, or 0.075 when it read the shifted one). SimPro's
-prior exponent is ``self.prior_tau``: ``self.tau`` is ReMoP's mixture threshold (when SimPro kept its exponent there,
-ReMoP compared max p_m with 2.0 and its center loss never saw an unlabeled row).
+thresholds the unshifted mixture, as for every learner (measured on the contract run: mask 0.08; 0.075 when it read
+the shifted one). SimPro's prior exponent is ``self.prior_tau``: ``self.tau`` is ReMoP's mixture threshold (when
+SimPro kept its exponent there, ReMoP compared max p_m with 2.0 and its center loss never saw an unlabeled row).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class SimPro(AlgorithmBase):
         if not 0.0 <= args.p_cutoff <= 1.0:
             raise UserError(f"p_cutoff must be in [0, 1] (a posterior probability), got {args.p_cutoff}")
         self.p_cutoff, self.use_hard_label = float(args.p_cutoff), bool(args.hard_label)
-        # not self.prior_tau: ReMoP on top keeps its mixture threshold there
+        # not self.tau: ReMoP on top keeps its mixture threshold there
         self.prior_tau, self.mstep_prior = float(args.simpro_tau), args.simpro_mstep_prior
         self.lb_loss_scale = args.simpro_lb_loss_scale
 

@@ -42,8 +42,8 @@ When checkpoints are written: on USB's schedule -- after every ``num_eval_iter``
 one ``model_best.pth`` (when that step is the best so far) and ``latest_model.pth`` are written, once all of the
 step's hooks have run (when the step is the best, ``latest_model.pth`` is a hard link to the ``model_best.pth`` just
 written from the same state, not a second serialisation); ``EvaluationHook.after_run`` saves ``latest_model.pth``
-once more at the end. A killed run
-therefore loses at most ``num_eval_iter - 1`` iterations. Only the process of rank 0 writes. Keeping
+once more at the end. A killed run therefore loses at most ``num_eval_iter - 1`` iterations. Only the process of
+rank 0 writes. Keeping
 ``latest_model.prev.pth`` costs the disk space of one more checkpoint (the hard link holds the replaced file).
 
 Exactness holds for one process (CPU or one GPU, where the GPU kernels are deterministic) and USB's samplers
@@ -167,7 +167,7 @@ def save_model(self, save_name, save_path):
     remove_stale_temporaries(save_path)
     path, keep_previous = os.path.join(save_path, save_name), save_name in KEEP_PREVIOUS
     same = getattr(self, "_remop_same_state_in", None)  # written this step from the same state (model_best.pth)
-    if same is not None and os.path.abspath(same) != os.path.abspath(path) and os.path.isfile(same):
+    if same is not None and os.path.isfile(same):
         target = atomic_link(same, path, keep_previous=keep_previous)
     else:
         target = atomic_save(self.get_save_dict(), path, keep_previous=keep_previous)
