@@ -612,3 +612,8 @@ def validate(args):
     if not args.net_from_name and args.net not in registry.nets():
         raise UserError(f"unknown net '{args.net}'{_closest(args.net, registry.nets())} "
                         f"registered: {', '.join(registry.nets())}")
+    from .usb_compat.imb_algorithms import schedule_problem
+
+    problem = schedule_problem(args)  # USB keys that an imbalanced algorithm accepts but that break it silently
+    if problem:
+        raise UserError(problem)

@@ -120,7 +120,7 @@ _USB_EPOCHS, _USB_ITERS = 256, 262144
 def schedule_keys(method: str, epochs: int, iters: int) -> dict:
     """The keys of ``method`` that depend on the length of training, for a run of ``epochs`` x ``iters / epochs``:
     USB's defaults at the same fraction of training (DARP refines after 200 of 256 epochs, TRAS's head after 10,
-    DASO blends after 5,120 of 262,144 iterations and recounts every 100), and CReST's 6 generations sharing the run's
+    DASO blends after 5,120 of 262,144 iterations and recounts every 100, or as often as it blends after), and CReST's 6 generations sharing the run's
     iterations (whole epochs each)."""
     base = method.replace("_plus", "")
     if base == "darp":
@@ -128,7 +128,8 @@ def schedule_keys(method: str, epochs: int, iters: int) -> dict:
     if base == "tras":
         return {"tras_warmup_epochs": max(1, round(epochs * 10 / _USB_EPOCHS))}
     if base == "daso":
-        return {"daso_num_pretrain_iter": round(iters * 5120 / _USB_ITERS), "daso_num_pl_dist_iter": 100}
+        blend = max(1, round(iters * 5120 / _USB_ITERS))  # the first recount must come before the first blend
+        return {"daso_num_pretrain_iter": blend, "daso_num_pl_dist_iter": min(100, blend)}
     if base == "crest":
         per_epoch, gens = iters // epochs, 6
         return {"crest_num_gens": gens, "epoch": epochs // gens, "num_train_iter": epochs // gens * per_epoch}

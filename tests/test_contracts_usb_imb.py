@@ -70,6 +70,38 @@ def test_refused_in_one_line_before_anything_is_built(argv, expected):
     assert one_line_error(parse_args, argv).startswith(expected)
 
 
+@pytest.mark.parametrize("count,blend,refused", [(21, 20, True), (0, 20, True), (20, 20, False), (5, 20, False),
+                                                  (1, 0, True)])
+def test_daso_refuses_a_blend_before_its_first_pseudo_label_count(count, blend, refused):
+    """USB's DASO counts its pseudo-label distribution after steps count - 1, 2 count - 1, ... (all zeros before) and
+    blends from step ``blend``: count 21 with blend 20 blends at step 20 with the 0/0 distribution."""
+    from remop_usb.config import parse_args
+
+    argv = ["--c", _config("daso"), "--daso_num_pl_dist_iter", str(count), "--daso_num_pretrain_iter", str(blend)]
+    if refused:
+        assert one_line_error(parse_args, argv).startswith(f"daso_num_pl_dist_iter ({count}) must be between 1 "
+                                                           f"and daso_num_pretrain_iter ({blend})")
+    else:
+        assert (parse_args(argv).daso_num_pl_dist_iter, parse_args(argv).daso_num_pretrain_iter) == (count, blend)
+
+
+def test_a_blend_before_daso_counts_makes_every_pseudo_label_class_0():
+    """Why the refusal above: USB's hook with its initial all-zero count (no recount yet) past the warm-up, on rows
+    whose argmax is never 0, blends NaN rows; their argmax is class 0 for every unlabeled image."""
+    from types import SimpleNamespace
+
+    from semilearn.imb_algorithms.daso.utils import DASOPseudoLabelingHook
+
+    hook = DASOPseudoLabelingHook(num_classes=3, T_dist=1.5, with_dist_aware=True, interp_alpha=0.5)
+    algorithm = SimpleNamespace(it=20, num_pretrain_iter=20, T_dist=1.5, with_dist_aware=True, interp_alpha=0.5,
+                                probs_sim=torch.tensor([[0.1, 0.2, 0.7], [0.1, 0.8, 0.1]]))
+    probs = torch.tensor([[0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])  # FixMatch passes probabilities (softmax=False)
+    assert torch.isnan(hook.get_pl_dist()).all()
+    assert hook.gen_ulb_targets(algorithm, probs, softmax=False).tolist() == [0, 0]
+    hook.pseudo_label_dist = [1, 1, 2]  # once counted, the blend keeps each row's class
+    assert hook.gen_ulb_targets(algorithm, probs, softmax=False).tolist() == [2, 1]
+
+
 def test_every_listed_imb_algorithm_has_a_demo_config_or_is_refused():
     from remop_usb import registry
     from remop_usb.usb_compat.imb_algorithms import REFUSED

@@ -49,6 +49,8 @@ def test_schedule_keys_keep_usbs_fractions_of_training():
     assert pc.schedule_keys("darp", 80, 80000) == {"darp_warmup_epochs": 62}  # 62.5 -> 62 (round half to even)
     assert pc.schedule_keys("tras", 100, 100000) == {"tras_warmup_epochs": 4}  # 3.9
     assert pc.schedule_keys("daso", 100, 100000) == {"daso_num_pretrain_iter": 1953, "daso_num_pl_dist_iter": 100}
+    # 2,000 iterations: blends after 39 (1.95%), so it recounts every 39 (a count must precede the first blend)
+    assert pc.schedule_keys("daso", 10, 2000) == {"daso_num_pretrain_iter": 39, "daso_num_pl_dist_iter": 39}
     assert pc.schedule_keys("crest_plus", 100, 100000) == {"crest_num_gens": 6, "epoch": 16, "num_train_iter": 16000}
     assert pc.schedule_keys("fixmatch", 100, 100000) == {}
     darp = _parsed("config/paper/table3/darp_rafdb_500_150.yaml")

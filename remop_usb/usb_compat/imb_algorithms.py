@@ -98,6 +98,24 @@ def refusal(algorithm, imb_algorithm):
     return None
 
 
+def schedule_problem(args):
+    """One line on keys of an imbalanced algorithm that USB accepts but that break it silently, or None.
+
+    DASO (USB 0.3.2) blends its pseudo-labels from step ``daso_num_pretrain_iter`` on with its pseudo-label class
+    distribution, counted after every ``daso_num_pl_dist_iter``-th step (``Hook.every_n_iters``: after step n - 1,
+    2n - 1, ...) and all zeros until then. A blend before the first count divides 0 by 0: the distribution is NaN,
+    so is every blended row, and its argmax makes every pseudo-label class 0 -- no error, no NaN loss. The first count
+    precedes the first blend iff 1 <= daso_num_pl_dist_iter <= daso_num_pretrain_iter."""
+    if getattr(args, "imb_algorithm", None) != "daso":
+        return None
+    count, blend = args.daso_num_pl_dist_iter, args.daso_num_pretrain_iter
+    if 1 <= count <= blend:
+        return None
+    return (f"daso_num_pl_dist_iter ({count}) must be between 1 and daso_num_pretrain_iter ({blend}): DASO first "
+            f"counts its pseudo-label distribution after step {count} - 1 and blends from step {blend} on, and a "
+            f"blend before the first count (0/0: NaN) turns every pseudo-label into class 0")
+
+
 # -- CUDA calls in USB's code --------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
