@@ -90,8 +90,9 @@ PRIOR_FLOOR = 1e-12
 
 # -- the math ------------------------------------------------------------------------------------------------------
 
-def log_prior(prior: torch.Tensor) -> torch.Tensor:
-    """log pi, of pi clamped at :data:`PRIOR_FLOOR` (a class never seen keeps a finite, very negative adjustment)."""
+def floored_log_prior(prior: torch.Tensor) -> torch.Tensor:
+    """log pi, of pi clamped at :data:`PRIOR_FLOOR`: a class never seen keeps a finite, very negative adjustment
+    (unlike :func:`.imb_common.log_prior`, which refuses a labeled class with no image)."""
     return torch.log(torch.as_tensor(prior).clamp_min(PRIOR_FLOOR))
 
 
@@ -142,7 +143,7 @@ class ClassPriors(Hook):
 
     def log(self, which: str) -> torch.Tensor:
         """log pi of ``which``: ``l``, ``u`` or ``t``."""
-        return log_prior(getattr(self, f"pi_{which}"))
+        return floored_log_prior(getattr(self, f"pi_{which}"))
 
     @torch.no_grad()
     def observe(self, y_lb: torch.Tensor, q: torch.Tensor, mask: torch.Tensor):
