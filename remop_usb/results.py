@@ -19,7 +19,6 @@ import numpy as np
 
 from datasets_fer.labels import class_names
 
-from . import pseudo_labels
 from .fileio import write_json_atomic
 from .runconfig import method_name
 
@@ -117,7 +116,9 @@ def summarize(algorithm, save_path):
     summary["last"] = {"it": int(args.num_train_iter),
                        **_evaluate_checkpoint(algorithm, os.path.join(save_path, "latest_model.pth"), names, test_set)}
     best_path = os.path.join(save_path, "model_best.pth")
-    summary["pseudo_labels"] = pseudo_labels.run_summary(algorithm)
+    from .pseudo_labels import run_summary  # imports torch and USB: not at module level (sweep --status, leaderboard)
+
+    summary["pseudo_labels"] = run_summary(algorithm)
     summary["best"] = None
     if os.path.exists(best_path):
         entry = _evaluate_checkpoint(algorithm, best_path, names, test_set)

@@ -93,6 +93,20 @@ def test_two_sweep_processes_on_one_folder_train_each_run_exactly_once(two_worke
     assert len(passed_over) == 2, outputs  # ... and passed over (held, or finished meanwhile) by the other
 
 
+def test_status_reads_a_finished_sweep_without_torch(two_workers):
+    """``sweep --status`` (and the result line it shows) reads JSON files only: torch and USB stay unimported (it was
+    ~11 s on 2 cores when results.py imported the pseudo-label monitor at module level)."""
+    out, _ = two_workers
+    code = ("import sys; from remop_usb.cli import main; status = main(['sweep', '--status', sys.argv[1]]); "
+            "print('imported:', sorted(m for m in ('torch', 'semilearn') if m in sys.modules)); sys.exit(status)")
+    done = subprocess.run([sys.executable, "-c", code, out], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "imported: []", done.stdout
+    assert sum(line.split()[1] == "done" for line in lines[1:-2]) == len(RUNS), done.stdout
+
+
 def _wait_for_first_checkpoint(run_dir, proc, seconds=400):
     deadline = time.monotonic() + seconds
     while True:
