@@ -5,6 +5,9 @@ An algorithm may expose several predictions: ReMoP's mixture and linear classifi
 declared as ``prediction_heads = (("mixture", "mixture"), ("linear", "logits"))`` -- (name, key of the model's
 output dict), primary first; an algorithm without the attribute has the one head its ``out_key`` names. The primary
 head drives USB's ``eval/top-1-acc`` (and so model selection); the others are logged as ``eval/<head>/...``.
+A wrapper of a base learner (ReMoP) declares its heads as :class:`WithLearnerHeads`: its own, then the learner's
+test-time heads that read another output (ReMoP on ACR: ``mixture``, ``linear``, ``balanced``; on CDMAD: ``mixture``,
+``linear``, ``debiased``), so results.json and the log also show what the learner alone would predict.
 
 ``eval/loss`` is the primary head's: the cross-entropy of its logits, or, for an output that is already a probability
 row (:data:`PROBABILITY_OUTPUTS`: ReMoP's ``mixture``), the negative log-likelihood of the row clamped at
@@ -49,6 +52,35 @@ def head_loss(output, y_true, key) -> float:
         probs = output.clamp_min(PROBABILITY_FLOOR)
         return F.nll_loss(torch.log(probs / probs.sum(dim=1, keepdim=True)), y_true, ignore_index=-1).item()
     return F.cross_entropy(output, y_true, ignore_index=-1).item()
+
+
+def merged_heads(own, learner):
+    """``own`` heads, then those of ``learner`` (None: none) whose output key no head of ``own`` reads; such a head
+    whose name ``own`` already uses is renamed ``learner_<name>``."""
+    heads = list(own)
+    names, keys = {name for name, _ in heads}, {key for _, key in heads}
+    for name, key in learner or ():
+        if key not in keys:
+            heads.append((f"learner_{name}" if name in names else name, key))
+            names.add(heads[-1][0])
+            keys.add(key)
+    return tuple(heads)
+
+
+class WithLearnerHeads:
+    """``prediction_heads`` of a wrapper class (ReMoP) that sits before its base learner in the algorithm's MRO
+    (USB's ``class DummyClass(imb_algorithm, algorithm)``): its own heads, primary first, followed by the
+    ``prediction_heads`` the classes after it declare (:func:`merged_heads`)."""
+
+    def __init__(self, own):
+        self.own = tuple(own)
+
+    def __set_name__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __get__(self, instance, cls=None):
+        cls = type(instance) if cls is None else cls
+        return merged_heads(self.own, getattr(super(self.owner, cls), self.name, None))
 
 
 def heads_of(algorithm, out_key="logits"):

@@ -1,4 +1,5 @@
-"""``remop-usb leaderboard DIR [--checkpoint best|last] [--head primary|NAME] [--no_plots]``.
+"""``remop-usb leaderboard DIR [--checkpoint best|last] [--head primary|NAME] [--split auto|eval|test] [--no_plots]
+[--published [--reference METHOD]]``.
 
 Reads every ``DIR/<setting>/<method>/seed<k>/results.json`` (the layout ``remop-usb sweep`` writes) and prints the
 paper's table: rows = methods, columns = settings, each cell ``overall / mean class accuracy`` as
@@ -26,6 +27,19 @@ line naming the file.
   test CK+: results.json's ``test_heads``) or the test split of a run selecting on ``eval_split: valid`` -- and
   its eval split (the test split, in the paper's protocol) otherwise; ``eval`` / ``test`` force one.
 - Order and labels of rows/columns come from ``DIR/sweep.json`` when present, then the remaining names sorted.
+  A row is a method folder (a grid cell): a row whose runs all trained with ``ulb_loss_ratio`` 0 (results.json, else
+  config.json; not Vanilla) gets `` (ulb weight 0)`` after its label, rows that would share a label are told apart
+  by their folder (``FixMatch [fixmatch_b]``), and seeds of one row whose config.json differ in an identity key
+  (``ulb_loss_ratio``, an ablation key, ...: :func:`~remop_usb.runconfig.differences`) stop the leaderboard with one
+  line naming them, instead of being averaged.
+- ``--published`` prints the README's layout instead (``DIR/leaderboard_published.md``): per setting, ``mean class
+  (overall)`` accuracy as ``mean ± std`` with ``n=``, and the unlabeled path -- mask / pseudo-label accuracy (%) per
+  source over the final tenth of each run, mean over its seeds (``none``: no unlabeled path). Each column has a
+  reference row, marked ``(ref)``: the best mean class accuracy, or ``--reference METHOD`` (a folder or a label;
+  files ``_ref-METHOD``). A cell whose gap in mean class accuracy to the reference is smaller than the larger of the
+  two rows' sample stds -- within the seeds' spread -- is marked ``≈``; a legend line follows the table. The marks
+  are decided on the printed (2-decimal) numbers, so a reader can check them; a one-seed row has no std (the
+  reference's alone counts), and with no std on either side there is no mark.
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ import numpy as np
 from .errors import UserError
 from .fileio import atomic_output, read_json, write_text_atomic
 from .results import SPLITS, head_name, reported_heads
-from .runconfig import identity, read_config, setting_name
+from .runconfig import differences, identity, read_config, setting_name
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
@@ -62,7 +76,7 @@ def find_runs(root):
                             f"<setting>/<method>/seed<k>/results.json under {root} (the layout remop-usb sweep writes)")
         results = read_results(os.path.join(folder, "results.json"))
         runs.append({"setting": rel[0], "method": rel[1], "seed": int(match.group(1)), "path": folder,
-                     "results": results})
+                     "results": results, "config": read_config(folder, "leaderboard")})
     if not runs:
         raise UserError(f"leaderboard: no results.json under {root}")
     return runs
@@ -95,6 +109,25 @@ def check_splits(runs):
         if len(kinds) > 1:
             raise UserError(f"leaderboard: setting {setting} holds runs of different data settings "
                             f"(dataset, N1, gamma): {sorted(kinds)}")
+
+
+def check_rows(runs):
+    """The seeds of a row (one method folder of a setting) must be one experiment: their config.json agree on every
+    identity key but the seed (:func:`~remop_usb.runconfig.differences`), so that runs with another
+    ``ulb_loss_ratio`` or ablation key are not averaged into the row; runs without config.json are not compared."""
+    by_row = defaultdict(list)
+    for r in runs:
+        if r["config"] is not None:
+            by_row[(r["setting"], r["method"])].append(r)
+    for (setting, method), group in sorted(by_row.items()):
+        first, *others = sorted(group, key=lambda r: r["seed"])
+        for other in others:
+            diff = differences({**other["config"], "seed": None}, {**first["config"], "seed": None})
+            if diff:
+                raise UserError(f"leaderboard: {setting}/{method}: its seeds were trained with different "
+                                f"configurations (seed{first['seed']} -> seed{other['seed']}: {'; '.join(diff)}), "
+                                f"refusing to average them into one row; give each configuration its own method "
+                                f"folder (a grid cell)")
 
 
 def pick(results, checkpoint, head, split="auto"):
@@ -153,19 +186,22 @@ def unlabeled_figures(results):
     return out
 
 
+def unlabeled_text(figures, empty="-"):
+    """``pl 0.56 / 98.3; remop 0.51 / 99.3``: mean mask and mean pseudo-label accuracy (%, '-' when nothing passed)
+    of each source of :func:`unlabeled_figures`; ``empty`` without any."""
+    if not figures:
+        return empty
+    acc = lambda a: "-" if a is None else f"{100 * a:.1f}"  # noqa: E731
+    return "; ".join(f"{s} {m:.2f} / {acc(a)}" for s, (m, a) in figures.items())
+
+
 def unlabeled_markdown(cells, methods, labels, settings):
     """The unlabeled path of each cell: mean mask and mean pseudo-label accuracy (%) of each source, or '-'."""
-    def text(figures):
-        if not figures:
-            return "-"
-        acc = lambda a: "-" if a is None else f"{100 * a:.1f}"  # noqa: E731
-        return "; ".join(f"{s} {m:.2f} / {acc(a)}" for s, (m, a) in figures.items())
-
     lines = ["Unlabeled path over the final tenth of each run, mean over its seeds: mask / pseudo-label accuracy (%) "
              "per source (pl: the unsupervised loss; remop: ReMoP's confident mixture rows).", "",
              "| Method | " + " | ".join(settings) + " |", "| --- |" + " --- |" * len(settings)]
     for m in methods:
-        row = [text(cells[(m, s)]["unlabeled"]) if (m, s) in cells else "-" for s in settings]
+        row = [unlabeled_text(cells[(m, s)]["unlabeled"]) if (m, s) in cells else "-" for s in settings]
         lines.append(f"| {labels[m]} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,6 +220,36 @@ def order(root, runs):
     methods = [m for m in methods if m in present_methods] + sorted(present_methods - set(methods))
     settings = [s for s in settings if s in present_settings] + sorted(present_settings - set(settings))
     return methods, {m: labels.get(m, m) for m in methods}, settings
+
+
+#: appended to the label of a row whose runs all trained with ``ulb_loss_ratio`` 0
+ZERO_WEIGHT = " (ulb weight 0)"
+
+
+def _ulb_loss_ratio(run):
+    """A run's unlabeled loss weight: results.json's ``ulb_loss_ratio``, else config.json's; None when neither says."""
+    value = run["results"].get("ulb_loss_ratio")
+    if value is None and run["config"] is not None:
+        value = run["config"].get("ulb_loss_ratio")
+    return value
+
+
+def row_labels(labels, runs):
+    """``labels`` with :data:`ZERO_WEIGHT` added to each row of a learner with an unlabeled loss (not
+    ``supervised``) whose runs all say ``ulb_loss_ratio`` 0, then made distinct: a label that two rows would share
+    names each row's method folder, ``FixMatch [fixmatch_b]``."""
+    by_method = defaultdict(list)
+    for r in runs:
+        by_method[r["method"]].append(r)
+    out = {}
+    for m, label in labels.items():
+        rows = by_method.get(m, [])
+        weights = {_ulb_loss_ratio(r) for r in rows}
+        semi = all(r["results"].get("algorithm") != "supervised" for r in rows)
+        zero = rows and semi and weights == {0} and ZERO_WEIGHT.strip() not in label
+        out[m] = label + ZERO_WEIGHT if zero else label
+    shared = {label for label in out.values() if list(out.values()).count(label) > 1}
+    return {m: f"{label} [{m}]" if label in shared else label for m, label in out.items()}
 
 
 def _best(cells, settings, part):
@@ -215,6 +281,75 @@ def markdown(cells, methods, labels, settings, caption):
             parts = [_number(c[p], round(c[p][0], 2) == best[p].get(s)) for p in ("overall", "mean_class")]
             row.append(f"{parts[0]} / {parts[1]} (n={c['n']})")
         lines.append(f"| {labels[m]} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -- the published layout (the README's tables) ---------------------------------------------------------------------
+
+WITHIN_SPREAD, REFERENCE = "≈", "(ref)"
+
+
+def _hundredths(value):
+    """``value`` as printed (2 decimals), in hundredths: marks are decided on the numbers the table shows."""
+    return round(float(f"{value:.2f}") * 100)
+
+
+def within_spread(cell, ref):
+    """Whether the gap in mean class accuracy between ``cell`` and the reference cell ``ref`` is smaller than the
+    larger of their sample stds (those that exist: one seed has none); False when neither has one."""
+    stds = [c["mean_class"][1] for c in (cell, ref) if c["mean_class"][1] is not None]
+    if not stds:
+        return False
+    gap = abs(_hundredths(cell["mean_class"][0]) - _hundredths(ref["mean_class"][0]))
+    return gap < max(_hundredths(std) for std in stds)
+
+
+def references(cells, methods, settings, reference=None):
+    """{setting: the method of its reference row, or None}: ``reference`` (a method) where it has a cell; without
+    one, the row with the best mean class accuracy as printed (ties: the first row)."""
+    out = {}
+    for s in settings:
+        rows = [m for m in methods if (m, s) in cells]
+        if reference is not None:
+            out[s] = reference if reference in rows else None
+        else:
+            out[s] = max(rows, key=lambda m: _hundredths(cells[(m, s)]["mean_class"][0]), default=None)
+    return out
+
+
+def published_cell(cell, mark=""):
+    """``91.92 ± 0.79 (93.72 ± 0.51) n=3``: mean class (overall) accuracy, mean ± sample std, and the seed count;
+    ``mark`` appended."""
+    mean_class, overall = (_number(cell[p], False) for p in ("mean_class", "overall"))
+    return f"{mean_class} ({overall}) n={cell['n']}" + (f" {mark}" if mark else "")
+
+
+def _mark(cells, m, s, ref):
+    if ref is None:
+        return ""
+    if m == ref:
+        return REFERENCE
+    return WITHIN_SPREAD if within_spread(cells[(m, s)], cells[(ref, s)]) else ""
+
+
+def published_markdown(cells, methods, labels, settings, caption, reference=None):
+    """The README's layout: per setting, mean class (overall) accuracy with n and the unlabeled path (mask /
+    pseudo-label accuracy per source, 'none' without one); each cell within the seeds' spread of its column's
+    reference row marked :data:`WITHIN_SPREAD`, the reference :data:`REFERENCE`, a legend under the table."""
+    refs = references(cells, methods, settings, reference)
+    header = [f"{s}: {part}" for s in settings for part in ("mean class (overall)", "mask / pl acc")]
+    lines = [caption, "", "| Method | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(header)]
+    for m in methods:
+        row = []
+        for s in settings:
+            c = cells.get((m, s))
+            row += ([published_cell(c, _mark(cells, m, s, refs[s])), unlabeled_text(c["unlabeled"], "none")]
+                    if c else ["-", "-"])
+        lines.append(f"| {labels[m]} | " + " | ".join(row) + " |")
+    which = labels[reference] if reference is not None else "the row with the best mean class accuracy"
+    lines += ["", f"{WITHIN_SPREAD}: the gap in mean class accuracy to the column's reference {REFERENCE} -- {which} "
+                  f"-- is smaller than the larger of the two rows' sample stds (a one-seed row has none), i.e. "
+                  f"within the seeds' spread."]
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +413,7 @@ def _run_configs(cells):
     by_setting = defaultdict(list)
     for (method, setting), cell in cells.items():
         for r, _ in cell["runs"]:
-            config = read_config(r["path"], "leaderboard")
+            config = r["config"]
             if config is None or BETA_KEY not in config:
                 return None
             by_setting[setting].append((method, config))
@@ -336,36 +471,77 @@ def build_parser():
                    "or the test split when selecting on valid); eval: its eval split; auto (default): test when the "
                    "run has a test set, else eval")
     p.add_argument("--no_plots", action="store_true", help="do not write the per-class (and beta) PNGs")
+    p.add_argument("--published", action="store_true", help="the README's layout instead of the paper's: per "
+                   "setting, mean class (overall) accuracy, mean ± sample std, with n seeds, and the unlabeled path "
+                   "(mask / pseudo-label accuracy %% per source over the final tenth of each run); a cell whose gap "
+                   f"in mean class accuracy to its column's reference row is smaller than the larger of the two "
+                   f"rows' sample stds is marked {WITHIN_SPREAD}, the reference {REFERENCE} (files "
+                   "leaderboard_published.*)")
+    p.add_argument("--reference", metavar="METHOD", help="with --published: the reference row of every column, a "
+                   "method folder or its label (e.g. fixmatch or FixMatch); default: each column's best mean class "
+                   "accuracy")
     return p
 
 
-def file_suffix(checkpoint="best", head="primary", split="auto") -> str:
-    """'' for the default table; otherwise what differs from it (``_last``, ``_linear``, ``_last_linear_test``), so
-    tables of one sweep made with other options sit beside each other instead of replacing each other."""
+def file_suffix(checkpoint="best", head="primary", split="auto", published=False, reference=None) -> str:
+    """'' for the default table; otherwise what differs from it (``_last``, ``_linear``, ``_last_linear_test``,
+    ``_published``, ``_published_ref-fixmatch``), so tables of one sweep made with other options sit beside each
+    other instead of replacing each other."""
     defaults = build_parser()
-    return "".join(f"_{value}" for key, value in (("checkpoint", checkpoint), ("head", head), ("split", split))
-                   if value != defaults.get_default(key))
+    suffix = "".join(f"_{value}" for key, value in (("checkpoint", checkpoint), ("head", head), ("split", split))
+                     if value != defaults.get_default(key))
+    return suffix + ("_published" if published else "") + (f"_ref-{reference}" if reference else "")
 
 
-def main(argv=None):
-    a = build_parser().parse_args(argv)
-    suffix = file_suffix(a.checkpoint, a.head, a.split)
-    stem = f"leaderboard{suffix}"
-    runs = find_runs(a.dir)
-    check_splits(runs)
-    cells, left_out = aggregate(runs, a.checkpoint, a.head, a.split)
-    if not cells:
-        raise UserError(f"leaderboard: no run under {a.dir} has a {a.checkpoint} checkpoint with head '{a.head}'")
-    curves = None if a.no_plots else beta_curves(runs, cells)  # reads config.json: before anything is written
-    methods, labels, settings = order(a.dir, runs)
-    methods = [m for m in methods if any((m, s) in cells for s in settings)]
+def reference_method(reference, methods, labels):
+    """The method a ``--reference`` names (a method folder, else a label), or None for the default."""
+    if reference is None:
+        return None
+    if reference in methods:
+        return reference
+    named = [m for m in methods if labels[m] == reference]
+    if not named:
+        raise UserError(f"leaderboard: --reference {reference}: no such row (methods: {', '.join(methods)})")
+    return named[0]
+
+
+def tables(a, cells, methods, labels, settings):
+    """The Markdown printed and written: the paper's layout (and the unlabeled path's table), or the README's."""
     selection = ("best checkpoint (selected on the test split, as in the paper)" if a.checkpoint == "best"
                  else "last checkpoint (no selection)")
+    if a.published:
+        caption = (f"Mean class accuracy (overall accuracy), %, mean ± sample std (ddof=1) over n seeds; {selection}; "
+                   f"head: {a.head}; split: {a.split}. Then mask / pseudo-label accuracy (%) per source over the "
+                   f"final tenth of each run, mean over its seeds (pl: the unsupervised loss; remop: ReMoP's "
+                   f"confident mixture rows; tras: TRAS's head; none: no unlabeled path).")
+        return published_markdown(cells, methods, labels, settings, caption, a.reference)
     caption = (f"Overall / mean class accuracy (%), mean ± sample std (ddof=1) over n seeds; {selection}; "
                f"head: {a.head}; split: {a.split}. Best mean per column in bold.")
     table = markdown(cells, methods, labels, settings, caption)
     if any(c["unlabeled"] for c in cells.values()):
         table += "\n" + unlabeled_markdown(cells, methods, labels, settings)
+    return table
+
+
+def main(argv=None):
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.reference is not None and not a.published:
+        parser.error("--reference marks the published layout: add --published")
+    runs = find_runs(a.dir)
+    check_splits(runs)
+    check_rows(runs)
+    cells, left_out = aggregate(runs, a.checkpoint, a.head, a.split)
+    if not cells:
+        raise UserError(f"leaderboard: no run under {a.dir} has a {a.checkpoint} checkpoint with head '{a.head}'")
+    curves = None if a.no_plots else beta_curves(runs, cells)
+    methods, labels, settings = order(a.dir, runs)
+    methods = [m for m in methods if any((m, s) in cells for s in settings)]
+    labels = row_labels(labels, runs)
+    a.reference = reference_method(a.reference, methods, labels)
+    suffix = file_suffix(a.checkpoint, a.head, a.split, a.published, a.reference)
+    stem = f"leaderboard{suffix}"
+    table = tables(a, cells, methods, labels, settings)
     if left_out:
         table += "\nLeft out: " + "; ".join(left_out) + "\n"
     print(table, end="")

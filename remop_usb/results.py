@@ -104,6 +104,7 @@ def summarize(algorithm, save_path):
         "ulb_num_labels": getattr(args, "ulb_num_labels", None),
         "ulb_imb_ratio": getattr(args, "ulb_imb_ratio", None),
         "split_sha256": getattr(args, "split_sha256", None),
+        "ulb_loss_ratio": getattr(args, "ulb_loss_ratio", None),  # 0: the leaderboard labels the row (ulb weight 0)
         "num_train_iter": args.num_train_iter,
         "class_names": names,
         "primary_head": heads_of(algorithm)[0][0],

@@ -52,3 +52,26 @@ def test_eval_loss_comes_from_the_primary_head():
     linear_first = evaluate_heads(_algorithm((("linear", "logits"), ("mixture", "mixture"))))[0]
     assert linear_first["eval/loss"] == pytest.approx((math.log(5) + math.log(4)) / 2, abs=1e-6)
     assert mixture_first["eval/loss"] != pytest.approx(linear_first["eval/loss"], abs=1e-3)
+
+
+def test_a_wrapper_reports_its_heads_then_the_learners_heads_that_read_another_output():
+    from remop_usb.evaluation import WithLearnerHeads, merged_heads
+
+    own = (("mixture", "mixture"), ("linear", "logits"))
+    # the learner's "standard" reads the logits ReMoP's "linear" already reports: left out; "balanced" appended
+    assert merged_heads(own, (("balanced", "logits_b"), ("standard", "logits"))) == own + (("balanced", "logits_b"),)
+    assert merged_heads(own, None) == own and merged_heads(own, (("linear", "logits"),)) == own
+    # a learner head named like one of the wrapper's, on another output, keeps its own column under another name
+    assert merged_heads(own, (("linear", "logits_x"),)) == own + (("learner_linear", "logits_x"),)
+
+    class Learner:
+        prediction_heads = (("debiased", "logits_debiased"), ("linear", "logits"))
+
+    class Wrapper:
+        prediction_heads = WithLearnerHeads(own)
+
+    class Combined(Wrapper, Learner):  # USB's DummyClass(imb_algorithm, algorithm)
+        pass
+
+    assert Combined().prediction_heads == own + (("debiased", "logits_debiased"),)
+    assert Wrapper().prediction_heads == own  # no learner after it

@@ -20,9 +20,10 @@ def _report(overall, mean_class):
 
 
 def write_run(root, setting, method, seed, best, last=None, split="a" * 64, n1=500, gamma=150, test=None,
-              pseudo=None):
+              pseudo=None, **keys):
     """best/last: {head: (overall, mean class)}; the first head is the primary one; test: the same on a test set;
-    pseudo: {source: (final mask, final accuracy)} as results.json's ``pseudo_labels``."""
+    pseudo: {source: (final mask, final accuracy)} as results.json's ``pseudo_labels``; keys: other results.json
+    keys (``algorithm``, ``ulb_loss_ratio``)."""
     folder = os.path.join(root, setting, method, f"seed{seed}")
     os.makedirs(folder)
     results = {"algorithm": "fixmatch", "imb_algorithm": None, "dataset": "rafdb", "seed": seed, "num_labels": n1,
@@ -35,6 +36,7 @@ def write_run(root, setting, method, seed, best, last=None, split="a" * 64, n1=5
     if pseudo:
         results["pseudo_labels"] = {s: {"final": {"steps": 10, "mask": m, "acc": a}, "run": None}
                                     for s, (m, a) in pseudo.items()}
+    results.update(keys)
     with open(os.path.join(folder, "results.json"), "w") as f:
         json.dump(results, f)
 
@@ -263,7 +265,8 @@ def test_beta_png_beside_the_leaderboard(fig4_dir, capsys):
 
 
 def test_no_beta_plot_when_rows_differ_in_more_than_beta(fig4_dir):
-    write_config(fig4_dir, S1, "remop_fixmatch-beta0.5", 2, 0.5, num_labels=2000, lr=0.001)
+    for seed in range(3):  # every seed of the row: one seed alone would be a row mixing configurations
+        write_config(fig4_dir, S1, "remop_fixmatch-beta0.5", seed, 0.5, num_labels=2000, lr=0.001)
     assert _curves(fig4_dir) is None
     assert main(["leaderboard", str(fig4_dir)]) == 0
     assert not (fig4_dir / "beta.png").exists()
@@ -309,3 +312,138 @@ def test_unlabeled_path_table_is_the_mean_mask_and_pseudo_label_accuracy_over_se
     unlabeled = _table(out[out.index("Unlabeled path"):])
     assert unlabeled[("remop_fixmatch", A)] == "pl 0.60 / 95.0; remop 0.20 / 80.0"
     assert unlabeled[("supervised", A)] == "-"
+
+
+# -- the published layout (--published): the README's tables ---------------------------------------------------
+
+CON, REV = "consistent", "reversed"
+
+
+@pytest.fixture
+def published_dir(tmp_path):
+    """consistent, two seeds each (mean class, overall; pl / remop: final mask, accuracy):
+    Vanilla 80, 84 | 90, 90 -> 82.00 ± 2.83 (90.00 ± 0.00), no unlabeled path;
+    FixMatch 90, 93 | 93, 95 -> 91.50 ± 2.12 (94.00 ± 1.41); pl 0.5/0.9, 0.7/1.0 -> 0.60 / 95.0;
+    FixMatch with ulb_loss_ratio 0 (folder fixmatch_w0, labeled FixMatch by the plan too) 86, 87 | 91, 92 ->
+    86.50 ± 0.71 (91.50 ± 0.71); pl 0.6/0.9 twice -> 0.60 / 90.0;
+    FixMatch w/ ReMoP 92, 93 | 94, 94 -> 92.50 ± 0.71 (94.00 ± 0.00); pl 0.5/1.0 twice -> 0.50 / 100.0,
+    remop 0.4/1.0 and 0.2/none passed -> 0.30 / 100.0.
+    reversed: Vanilla alone, one seed, 85 | 91."""
+    rows = {"supervised": ([(90, 80), (90, 84)], [None, None], {"algorithm": "supervised"}),
+            "fixmatch": ([(93, 90), (95, 93)], [{"pl": (0.5, 0.9)}, {"pl": (0.7, 1.0)}], {}),
+            "fixmatch_w0": ([(91, 86), (92, 87)], [{"pl": (0.6, 0.9)}] * 2, {"ulb_loss_ratio": 0.0}),
+            "remop_fixmatch": ([(94, 92), (94, 93)], [{"pl": (0.5, 1.0), "remop": (0.4, 1.0)},
+                                                      {"pl": (0.5, 1.0), "remop": (0.2, None)}], {})}
+    for method, (accs, pseudo, keys) in rows.items():
+        head = "mixture" if method.startswith("remop") else "linear"
+        for seed, (pair, figures) in enumerate(zip(accs, pseudo)):
+            write_run(tmp_path, CON, method, seed, {head: pair}, split=f"{seed}" * 64, pseudo=figures,
+                      **{"ulb_loss_ratio": 1.0, **keys})
+    write_run(tmp_path, REV, "supervised", 0, {"linear": (91, 85)}, split="r" * 64, algorithm="supervised")
+    plan = {"methods": [{"name": "supervised", "label": "Vanilla"}, {"name": "fixmatch", "label": "FixMatch"},
+                        {"name": "fixmatch_w0", "label": "FixMatch"},
+                        {"name": "remop_fixmatch", "label": "FixMatch w/ ReMoP"}], "settings": [CON, REV]}
+    (tmp_path / "sweep.json").write_text(json.dumps(plan))
+    return tmp_path
+
+
+PUBLISHED_CAPTION = (
+    "Mean class accuracy (overall accuracy), %, mean ± sample std (ddof=1) over n seeds; best checkpoint (selected "
+    "on the test split, as in the paper); head: primary; split: auto. Then mask / pseudo-label accuracy (%) per "
+    "source over the final tenth of each run, mean over its seeds (pl: the unsupervised loss; remop: ReMoP's "
+    "confident mixture rows; tras: TRAS's head; none: no unlabeled path).")
+HEADER = ["| Method | consistent: mean class (overall) | consistent: mask / pl acc | reversed: mean class (overall) "
+          "| reversed: mask / pl acc |", "| --- | --- | --- | --- | --- |"]
+
+
+def _legend(reference):
+    return (f"≈: the gap in mean class accuracy to the column's reference (ref) -- {reference} -- is smaller than "
+            f"the larger of the two rows' sample stds (a one-seed row has none), i.e. within the seeds' spread.")
+
+
+def test_published_table_marks_gaps_within_the_seeds_spread_of_the_best_row(published_dir, capsys):
+    """Reference per column: the best mean class accuracy (consistent: ReMoP's 92.50 ± 0.71; reversed: Vanilla, the
+    only row). FixMatch's gap 1.00 < max(2.12, 0.71): ≈ (its own std decides). Clear gaps, no mark: ulb weight 0
+    6.00 > 0.71; Vanilla 10.50 > 2.83."""
+    assert main(["leaderboard", str(published_dir), "--published", "--no_plots"]) == 0
+    out = capsys.readouterr().out
+    table = out[:out.index("\nwrote ")]
+    assert table == "\n".join([
+        PUBLISHED_CAPTION, "", *HEADER,
+        "| Vanilla | 82.00 ± 2.83 (90.00 ± 0.00) n=2 | none | 85.00 ± - (91.00 ± -) n=1 (ref) | none |",
+        "| FixMatch | 91.50 ± 2.12 (94.00 ± 1.41) n=2 ≈ | pl 0.60 / 95.0 | - | - |",
+        "| FixMatch (ulb weight 0) | 86.50 ± 0.71 (91.50 ± 0.71) n=2 | pl 0.60 / 90.0 | - | - |",
+        "| FixMatch w/ ReMoP | 92.50 ± 0.71 (94.00 ± 0.00) n=2 (ref) | pl 0.50 / 100.0; remop 0.30 / 100.0 | - | - |",
+        "", _legend("the row with the best mean class accuracy"), ""])
+    assert (published_dir / "leaderboard_published.md").read_text() == table
+    assert not (published_dir / "leaderboard.md").exists()  # the paper's table is not replaced
+
+
+def test_published_table_against_a_named_reference(published_dir, capsys):
+    """--reference FixMatch (91.50 ± 2.12): ReMoP's gap 1.00 < max(0.71, 2.12): ≈ (the reference's std decides);
+    ulb weight 0's gap 5.00 > 2.12 and Vanilla's 9.50 > 2.83 stay unmarked. Reversed has no FixMatch: no marks."""
+    assert main(["leaderboard", str(published_dir), "--published", "--reference", "fixmatch", "--no_plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[4:8] == [
+        "| Vanilla | 82.00 ± 2.83 (90.00 ± 0.00) n=2 | none | 85.00 ± - (91.00 ± -) n=1 | none |",
+        "| FixMatch | 91.50 ± 2.12 (94.00 ± 1.41) n=2 (ref) | pl 0.60 / 95.0 | - | - |",
+        "| FixMatch (ulb weight 0) | 86.50 ± 0.71 (91.50 ± 0.71) n=2 | pl 0.60 / 90.0 | - | - |",
+        "| FixMatch w/ ReMoP | 92.50 ± 0.71 (94.00 ± 0.00) n=2 ≈ | pl 0.50 / 100.0; remop 0.30 / 100.0 | - | - |"]
+    assert lines[9] == _legend("FixMatch")
+    assert (published_dir / "leaderboard_published_ref-fixmatch.md").exists()
+    # a label names the same row; the file is named by its folder
+    assert main(["leaderboard", str(published_dir), "--published", "--reference", "FixMatch (ulb weight 0)",
+                 "--no_plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[6].endswith("n=2 (ref) | pl 0.60 / 90.0 | - | - |") and lines[9] == _legend("FixMatch (ulb weight 0)")
+    assert (published_dir / "leaderboard_published_ref-fixmatch_w0.md").exists()
+
+
+def test_reference_must_name_a_row_and_needs_the_published_layout(published_dir, capsys):
+    assert main(["leaderboard", str(published_dir), "--published", "--reference", "nope", "--no_plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: leaderboard: --reference nope: no such row (methods: supervised, fixmatch, fixmatch_w0, "
+                   "remop_fixmatch)"]
+    with pytest.raises(SystemExit) as info:
+        main(["leaderboard", str(published_dir), "--reference", "fixmatch"])
+    assert info.value.code == 2 and "add --published" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row,ref,marked", [
+    (((91.5, 2.12),), ((92.5, 0.71),), True),   # gap 1.00 < 2.12, the row's std
+    (((92.5, 0.71),), ((91.5, 2.12),), True),   # the reference's std
+    (((91.09, 1.41),), ((92.5, 0.71),), False),  # gap 1.41 = the larger std: not smaller
+    (((91.1, 1.41),), ((92.5, 0.71),), True),   # gap 1.40
+    (((92.0, None),), ((92.5, 0.71),), True),   # a one-seed row: the reference's std alone
+    (((92.0, None),), ((92.5, None),), False),  # no std on either side: no spread to compare with
+])
+def test_within_spread_is_a_gap_smaller_than_the_larger_std(row, ref, marked):
+    from remop_usb.leaderboard import within_spread
+
+    assert within_spread({"mean_class": row[0]}, {"mean_class": ref[0]}) is marked
+
+
+def test_rows_of_one_label_are_told_apart_by_their_folder(published_dir, capsys):
+    """fixmatch_w0 retrained with ulb_loss_ratio 1: its plan label FixMatch is FixMatch's, so both name their
+    folder."""
+    for seed in range(2):
+        path = published_dir / CON / "fixmatch_w0" / f"seed{seed}" / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "ulb_loss_ratio": 1.0}))
+    assert main(["leaderboard", str(published_dir), "--no_plots"]) == 0
+    out = capsys.readouterr().out
+    assert {m for m, _ in _table(out[:out.index("Unlabeled path")])} - {"---"} == {
+        "Vanilla", "FixMatch [fixmatch]", "FixMatch [fixmatch_w0]", "FixMatch w/ ReMoP"}
+
+
+def test_a_row_whose_seeds_differ_in_configuration_is_refused(published_dir, capsys):
+    """Seed 1 of FixMatch trained with ulb_loss_ratio 0 (its config.json): not averaged with seed 0's weight 1."""
+    for seed, weight in enumerate((1.0, 0.0)):
+        config = {"algorithm": "fixmatch", "imb_algorithm": None, "seed": seed, "ulb_loss_ratio": weight,
+                  "save_name": f"seed{seed}"}
+        (published_dir / CON / "fixmatch" / f"seed{seed}" / "config.json").write_text(json.dumps(config))
+    assert main(["leaderboard", str(published_dir), "--published", "--no_plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: leaderboard: consistent/fixmatch: its seeds were trained with different configurations "
+                   "(seed0 -> seed1: ulb_loss_ratio: 1.0 -> 0.0), refusing to average them into one row; give each "
+                   "configuration its own method folder (a grid cell)"]
+    assert not (published_dir / "leaderboard_published.md").exists()

@@ -51,8 +51,9 @@ tau = 0 gives ReMoP's mixture itself. The logit adjustment is a correction of th
 the cosines of s are on no log-probability scale -- multiplying the whole mixture by pi^-tau (tried first) moved every
 pseudo-label to the rarest class (contract: mask 1.0, accuracy 0.07). ReMoP mixes the backbone's classifier; the
 balanced head's own confidence (its mask term and the estimate of pi_u) stays its softmax.
-ReMoP's mixture is then the test-time prediction (ReMoP's rule) and the standard head is reported beside it; the
-balanced head is not reported.
+ReMoP's mixture is then the test-time prediction (ReMoP's rule, model selection); results.json and the log report
+beside it the standard head (ReMoP's ``linear``) and ACR's own test-time prediction, the balanced head (``balanced``,
+as without ReMoP).
 """
 
 from __future__ import annotations

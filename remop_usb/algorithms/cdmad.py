@@ -32,7 +32,8 @@ With ReMoP on top (``imb_algorithm: remop``): the pseudo-labels come from ReMoP'
 linear prediction and the unchanged feature prediction s, beta softmax(z_w - g(I)) + (1 - beta) s (``remop_mix:
 logit``: softmax(beta (z_w - g(I)) + (1 - beta) s); :func:`~.imb_common.adjusted_prediction`). g(I) is the linear
 classifier's bias; the feature prediction (cosines to the class centers) is on no logit scale and is not shifted. ReMoP's mixture is then the test-time prediction (ReMoP's
-rule); the linear logits are reported beside it, the debiased logits are not.
+rule, model selection); results.json and the log report beside it the linear logits (``linear``) and CDMAD's own
+test-time prediction, the debiased logits (``debiased``, as without ReMoP).
 """
 
 from __future__ import annotations

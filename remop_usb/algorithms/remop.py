@@ -92,6 +92,7 @@ from semilearn.core.utils import IMB_ALGORITHMS
 
 from .. import pseudo_labels
 from ..errors import UserError
+from ..evaluation import WithLearnerHeads
 from ..usb_compat import unwrap
 from .feature_classifier import (
     CENTER_REDUCTIONS,
@@ -237,7 +238,9 @@ class ReMoP(ImbAlgorithmBase):
 
     PRESET_KEY = "remop_preset"
     PRESETS = PRESETS
-    prediction_heads = (("mixture", "mixture"), ("linear", "logits"))
+    #: the mixture (primary: model selection) and the linear classifier, then the base learner's own test-time heads
+    #: (ACR's ``balanced``, CDMAD's ``debiased``; :class:`~remop_usb.evaluation.WithLearnerHeads`)
+    prediction_heads = WithLearnerHeads((("mixture", "mixture"), ("linear", "logits")))
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         self.imb_init(args)
