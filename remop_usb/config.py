@@ -5,7 +5,8 @@ Precedence, lowest first: argument defaults < a preset (e.g. ``remop_preset: off
 argument -- USB's, this plugin's, or one declared by the chosen algorithm / imbalanced algorithm through USB's
 ``get_argument()`` -- and have the right type; otherwise a one-line :class:`~remop_usb.errors.UserError` names the
 file, the line and the closest valid key. So does a command-line flag: a misspelled one names the closest valid flag,
-a value of the wrong type or outside the choices names what the flag expects (:class:`FlagParser`).
+a value of the wrong type or outside the choices names what the flag expects (:class:`FlagParser`). A number outside
+its key's range (:mod:`remop_usb.ranges`) is refused in one line naming where it was set and the range.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import registry  # first: imports USB quietly
 from semilearn.algorithms.utils import str2bool  # noqa: E402  (USB's, so its algorithms' bool options match)
 
 from .errors import OneLineArgumentParser, UserError, where
+from .ranges import KEY_RANGES, violations
 from .usb_compat.optim import OPTIMIZERS, SCHEDULES
 from datasets_fer.transforms import CROP_PADDING_MODES  # noqa: E402
 
@@ -496,7 +498,10 @@ def _shown(value) -> str:
 def _apply_presets(args, origins):
     """Fill keys from a preset (e.g. remop_preset: official) unless the YAML or the command line set them
     (``origins``: key -> file:line or COMMAND_LINE); each such key that contradicts the preset is named in one printed
-    line, with the value that wins (the explicit one). Equal values say nothing."""
+    line, with the value that wins (the explicit one). Equal values say nothing. The lines are also kept in
+    ``args.preset_conflicts`` (a list, empty without any), which the launcher writes into the run's log.txt and
+    config.json."""
+    args.preset_conflicts = []
     for cls in preset_classes(args.algorithm, args.imb_algorithm):
         preset = getattr(args, cls.PRESET_KEY)
         for k, v in cls.PRESETS[preset].items():
@@ -504,7 +509,8 @@ def _apply_presets(args, origins):
             if setting is None:
                 setattr(args, k, v)
             elif setting[0] != v:
-                print(_contradiction(cls.PRESET_KEY, preset, k, v, setting, origins, args))
+                args.preset_conflicts.append(_contradiction(cls.PRESET_KEY, preset, k, v, setting, origins, args))
+                print(args.preset_conflicts[-1])
 
 
 def _check_schedule(args):
@@ -588,27 +594,45 @@ def parse_args(argv=None):
     _check_schedule(args)
     _apply_presets(args, origins)
     _resolve_schedule(args, origins)
-    validate(args)
+    validate(args, origins)
     return args
 
 
-def validate(args):
-    """Checks across keys that argparse cannot do."""
+def range_table(algorithm, imb_algorithm) -> dict:
+    """{key: range} of a run of these algorithms: :data:`~remop_usb.ranges.KEY_RANGES`, overridden by the ``RANGES``
+    of the algorithm's class, then by the imbalanced algorithm's."""
+    classes = [registry.algorithm_class(algorithm)] if algorithm else []
+    classes += [registry.imb_algorithm_class(imb_algorithm)] if imb_algorithm else []
+    table = dict(KEY_RANGES)
+    for cls in classes:
+        table.update(getattr(cls, "RANGES", {}))
+    return table
+
+
+def _check_ranges(args, origins):
+    """The first numeric key outside its range (:func:`range_table`) as a one-line UserError naming where it was set
+    (``origins``: key -> file:line or COMMAND_LINE), its value and the range."""
+    for key, value, allowed in violations(vars(args), range_table(args.algorithm, args.imb_algorithm)):
+        origin = origins.get(key)
+        if origin == COMMAND_LINE:
+            said = f"{COMMAND_LINE}: --{key} {value}"
+        else:
+            said = f"{origin}: {key} {value}" if origin else f"{key} {value} (default)"
+        raise UserError(f"{said} is out of range: expected {allowed.text(key)}")
+
+
+def validate(args, origins=None):
+    """Checks that argparse cannot do: finite numbers, each numeric key in its range (``origins``: key -> where it
+    was set, for the messages), and checks across keys."""
     for key, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"key '{key}' must be a finite number, got {value}")
+    _check_ranges(args, origins or {})
     _check_schedule(args)
-    if args.ema_weight_decay < 0 or not 0.0 <= args.crop_prob <= 1.0:
-        raise UserError(f"ema_weight_decay ({args.ema_weight_decay}) must be >= 0 and crop_prob ({args.crop_prob}) "
-                        f"in [0, 1]")
     if args.dataset not in registry.datasets():
         raise UserError(f"unknown dataset '{args.dataset}'{_closest(args.dataset, registry.datasets())} "
                         f"known: {', '.join(registry.datasets())}")
     _check_fer_data(args)
-    for key in ("diag_every", "diag_max_samples", "plot_tsne_max"):
-        if getattr(args, key) < 0:
-            raise UserError(f"{key} ({getattr(args, key)}) must be >= 0 (diag_every 0: num_eval_iter; "
-                            f"diag_max_samples 0: every unlabeled image)")
     if not args.net_from_name and args.net not in registry.nets():
         raise UserError(f"unknown net '{args.net}'{_closest(args.net, registry.nets())} "
                         f"registered: {', '.join(registry.nets())}")

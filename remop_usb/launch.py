@@ -183,6 +183,8 @@ def train_worker(gpu, ngpus_per_node, args):
     tb_log = TBLog(save_path, "tensorboard", use_tensorboard=args.use_tensorboard) if main_process else None
     logger = run_logger(args.save_name, save_path, "INFO" if main_process else "WARNING")
     logger.setLevel(logging.INFO if main_process else logging.WARNING)  # basicConfig may already be taken
+    for line in getattr(args, "preset_conflicts", []):  # printed while parsing, before the run's log.txt existed
+        logger.info(line)
 
     algorithm = build_algorithm(args, tb_log, logger, ngpus_per_node)
     logger.info(f"Arguments: {algorithm.args}")

@@ -22,6 +22,7 @@ NON_IDENTITY = frozenset({
     "num_log_iter", "num_workers", "eval_batch_size", "data_dir", "test_data_dir", "ulb_data_dir", "cache_dir",
     "device",
     "world_size", "rank", "dist_url", "dist_backend", "gpu", "multiprocessing_distributed",
+    "preset_conflicts",  # what the config said against a preset (its file:line): the keys themselves are compared
 })
 
 CONFIG_FILE = "config.json"

@@ -253,3 +253,12 @@ class ACR(AdaptedModels, FixMatch):
             SSL_Argument("--acr_ema_u", float, 0.9, "EMA momentum of the estimated unlabeled class distribution"),
             SSL_Argument("--acr_est_epoch", int, 5, "the estimate runs in the epochs after this one (0-based)"),
         ]
+
+    RANGES = {
+        "acr_tau1": ">= 0",
+        "acr_tau_min": ">= 0",
+        "acr_tau12": ">= 0",
+        "acr_tau2": ">= 0",
+        "acr_ema_u": "[0, 1)",
+        "acr_est_epoch": ">= -1; -1: from the first epoch",
+    }

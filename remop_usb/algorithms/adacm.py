@@ -250,3 +250,12 @@ class AdaCM(AdaptedModels, AlgorithmBase):
         ]
 
     CHOICES = {"adacm_margin_source": MARGIN_SOURCES}
+    RANGES = {
+        "adacm_init_margin": "[0, 1]",  # margins are on the confidence max p
+        "adacm_margin_floor": "[0, 1]",
+        "adacm_margin_scale": "[0, 1]",
+        "adacm_ramp_rate": ">= 0",
+        "adacm_temperature": "> 0",
+        "adacm_sup_weight": ">= 0",
+        "adacm_contrast_weight": ">= 0",
+    }

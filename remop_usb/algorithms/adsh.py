@@ -132,6 +132,8 @@ class Adsh(USBAdsh):
                          "index -1); False: the corrected one"),
         ]
 
+    RANGES = {"adsh_tau_1": "(0, 1]"}  # the head class's confidence threshold; s_k = -log tau_1
+
 
 # Register quietly over USB's class (USB's Register prints a line for every overwritten key).
 IMB_ALGORITHMS._dict["adsh"] = Adsh

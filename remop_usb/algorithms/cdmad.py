@@ -133,3 +133,5 @@ class CDMAD(AdaptedModels, FixMatch):
             SSL_Argument("--cdmad_debias_start", int, 0,
                          "pseudo-labels are debiased from this epoch (0-based) on (authors' CIFAR code: 101 of 500)"),
         ]
+
+    RANGES = {"cdmad_debias_start": ">= 0"}  # an epoch (0-based); cdmad_fill: any input value

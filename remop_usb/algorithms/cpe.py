@@ -111,6 +111,13 @@ class CPE(ImbAlgorithmBase):
     """Complementary experts with class-wise BN (CPE) in FixMatch's setting; see the module docstring."""
 
     CHOICES = {"cpe_test_expert": EXPERTS}
+    RANGES = {
+        "cpe_tau_long_tailed": ">= 0",
+        "cpe_tau_uniform": ">= 0",
+        "cpe_tau_inverse": ">= 0",
+        "cpe_cut1": ">= 1",  # and cut1 <= cut2 < num_classes (checked when the algorithm is built)
+        "cpe_cut2": ">= 1",
+    }
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         require_base_algorithm(args, "cpe", ("fixmatch",))

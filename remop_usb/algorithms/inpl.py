@@ -347,3 +347,5 @@ class InPL(ImbAlgorithmBase):
             SSL_Argument("--inpl_marginal_tau", float, 0.5, "tau of the adaptive marginal loss"),
             SSL_Argument("--inpl_qhat_momentum", float, 0.999, "EMA momentum of q_hat, the class marginal"),
         ]
+
+    RANGES = {"inpl_temperature": "> 0", "inpl_marginal_tau": ">= 0", "inpl_qhat_momentum": "[0, 1)"}

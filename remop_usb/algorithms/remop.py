@@ -434,6 +434,14 @@ class ReMoP(ImbAlgorithmBase):
         "remop_feature": FEATURES,
         "remop_center_update": CENTER_UPDATES,
     }
+    RANGES = {
+        "remop_beta": "[0, 1]",  # the mixture beta p_l + (1 - beta) p_s
+        "remop_p_cutoff": "[0, 1]",
+        "remop_lambda_center": ">= 0",
+        "remop_lambda_reg": ">= 0",
+        "remop_center_grad_scale": "> 0",
+        "remop_center_alpha": "(0, 1]",  # Wen et al.'s center learning rate
+    }
 
 
 class CenterUpdateHook(Hook):

@@ -257,3 +257,4 @@ class SimPro(AlgorithmBase):
         ]
 
     CHOICES = {"simpro_mstep_prior": MSTEP_PRIORS, "simpro_lb_loss_scale": LB_LOSS_SCALES}
+    RANGES = {"p_cutoff": "[0, 1]", "simpro_tau": ">= 0", "simpro_prior_momentum": "[0, 1)"}
