@@ -111,13 +111,15 @@ class _Capture:
 def test_the_standard_heads_pseudo_labels_are_the_adjusted_prediction(config, tiny_rafdb, tmp_path):
     """One step at tau = 1.3: the standard head learns argmax softmax(z_w - tau log pi) -- with ReMoP, argmax of
     ReMoP's mixture of the adjusted linear prediction and the feature prediction, beta softmax(z_w - tau log pi) +
-    (1 - beta) s = p_m + beta (softmax(z_w - tau log pi) - softmax(z_w)) (beta = 0.2: it differs from the linear)."""
+    (1 - beta) s = p_m + beta (softmax(z_w - tau log pi) - softmax(z_w)) (beta = 0.2 and random centers: it
+    differs from the linear)."""
     algorithm = build_for(tiny_rafdb, tmp_path, config=config, seed=True,
-                          **({"remop_beta": 0.2} if "remop" in config else {}))
+                          **({"remop_beta": 0.2, "remop_center_init": "randn"} if "remop" in config else {}))
     algorithm.hooks_dict["ACRTauHook"].tau = 1.3
     capture = _Capture(algorithm)
     batch = one_batch(algorithm)
     start_training(algorithm)
+    capture.outputs.clear()  # ReMoP's center initialisation runs the model on the labeled images first
     step_on(algorithm, batch)
     out = capture.outputs[0]  # use_cat: labeled, weak, strong rows in one pass
     n_lb, n_ulb = batch["x_lb"].shape[0], batch["x_ulb_w"].shape[0]

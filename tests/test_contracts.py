@@ -183,7 +183,7 @@ def test_remop_contract_fails_with_the_old_feature_and_centers(contract_rafdb, p
     """The previous code (feature prediction on the dropped-out feature, centers trained only by lambda1 * L_c)
     never lets the mixture pass tau: the same contract run ends with ReMoP's mask at 0."""
     algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, "config/demo/remop_fixmatch.yaml",
-                             remop_feature="head", remop_center_update="gradient")
+                             remop_feature="head", remop_center_update="gradient", remop_center_init="randn")
     assert final(algorithm, "remop")["mask"] < MASK_FLOOR
 
 

@@ -64,7 +64,8 @@ def test_official_preset_evaluates_with_the_live_centers(tiny_rafdb, tmp_path):
 def test_per_view_passes_find_the_weak_views_mixture(tiny_rafdb, tmp_path):
     """use_cat: False (official): USB's FixMatch runs x_lb, x_ulb_s, then x_ulb_w, each a pass of its own, so
     BatchNorm sees each view's statistics; the mask and pseudo-labels still come from the weak view's mixture."""
-    alg = build(tiny_rafdb, tmp_path, use_cat=False, p_cutoff=0.0, remop_p_cutoff=0.0)
+    alg = build(tiny_rafdb, tmp_path, use_cat=False, p_cutoff=0.0, remop_p_cutoff=0.0,
+                remop_ulb_center_view="strong")
     assert alg.use_cat is False
     seen = {}
     original = alg.call_hook

@@ -6,8 +6,10 @@ Expression Recognition" (ReMoP). Equations referenced below are the paper's:
 - Eq. 4: the feature classifier is a matrix of class centers H = [h_1, ..., h_K] (here a K x d parameter).
 - Eq. 5: the feature prediction p_s^k = cos(f(x), h_k).
 - Eq. 6: the mixture p_m = beta * p_l + (1 - beta) * p_s, with p_l = softmax of the linear classifier.
-- Center loss (Sec. 4.2): L_c = 1/2 * sum ||x - h_y||^2, the centers updated as in the paper's citation (Wen et
-  al., "A Discriminative Feature Learning Approach for Deep Face Recognition", ECCV 2016, Eq. 4 and Algorithm 1):
+- Center loss (Sec. 4.2): L_c = 1/2 * sum ||x - h_y||^2 over the labeled and confident unlabeled features. The
+  paper trains it end to end (Eq. 9): its gradient reaches the features and the centers (``gradient``, the
+  default). Not from the paper, as an option: Wen et al.'s center update ("A Discriminative Feature Learning
+  Approach for Deep Face Recognition", ECCV 2016, Eq. 4 and Algorithm 1, which the paper cites for the centers):
   L_c's gradient reaches the features only, and after each step every center moves toward the mean of its
   features by its own rate alpha: h_j <- h_j - alpha * sum_i [y_i = j] (h_j - x_i) / (1 + sum_i [y_i = j])
   (:func:`wen_center_update`).
@@ -30,8 +32,12 @@ SIMILARITIES = ("cosine", "dot")
 FEATURES = ("encoder", "head")
 #: output key of the backbone holding each of :data:`FEATURES`
 FEATURE_KEYS = {"encoder": "feat", "head": "classifier_input"}
-#: how the centers learn: Wen et al.'s update (paper's citation), or the center loss's gradient (released code)
-CENTER_UPDATES = ("wen", "gradient")
+#: how the centers learn: the gradient of lambda1 L_c + lambda2 L_reg (Eq. 9, end to end; also the released code),
+#: or Wen et al.'s update (not from the paper: L_c then sees detached centers)
+CENTER_UPDATES = ("gradient", "wen")
+#: how the centers start: ``randn`` (the released code; the paper does not say), or the class means of the labeled
+#: features before step 0 (this project's choice)
+CENTER_INITS = ("class_mean", "randn")
 MIXES = ("prob", "logit")
 REGULARIZERS = ("paper", "frobenius")
 CENTER_REDUCTIONS = ("half_sum", "mean")
@@ -91,6 +97,15 @@ def wen_center_update(centers: torch.Tensor, feat: torch.Tensor, labels: torch.T
     centers.sub_(alpha * delta)
 
 
+@torch.no_grad()
+def set_class_means(centers: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """In place: the center of every class with rows becomes the mean of its rows (``sums / counts``, from
+    :func:`class_sums`); a class without rows keeps its center. Returns the classes set (bool, K)."""
+    has_rows = counts > 0
+    centers[has_rows] = (sums[has_rows] / counts[has_rows, None]).to(centers.dtype)
+    return has_rows
+
+
 def center_loss(sq_dist_groups, reduction: str = "half_sum") -> torch.Tensor:
     """The center loss over groups of squared distances (labeled rows, confident unlabeled rows).
 
@@ -110,6 +125,16 @@ def centered_cosines(centers: torch.Tensor) -> torch.Tensor:
     centered = centers.float() - centers.float().mean(dim=0, keepdim=True)
     unit = F.normalize(centered, dim=1)
     return unit @ unit.t()
+
+
+def etf_gap(centers: torch.Tensor) -> float:
+    """max over k != t of |cos(h_k - h_mean, h_t - h_mean) + 1/(K-1)|: 0 exactly at a simplex ETF (what
+    ``train/remop_etf_gap`` logs)."""
+    num_classes = centers.shape[0]
+    with torch.no_grad():
+        cos = centered_cosines(centers.detach())
+        off_diag = ~torch.eye(num_classes, dtype=torch.bool, device=centers.device)
+        return (cos[off_diag] + 1.0 / (num_classes - 1)).abs().max().item()
 
 
 def etf_regularizer(centers: torch.Tensor, kind: str = "paper") -> torch.Tensor:

@@ -17,9 +17,37 @@ Expression Recognition". Implemented here:
 - Center loss lambda1 * L_c over labeled features and confident unlabeled features: the weak-view features whose
   own mixture is confident (max p_m >= tau), each with the center of its argmax (with two weak views, Ada-CM's,
   the mean of their mixtures, as the learner's own pseudo-label).
-- Eq. 8: lambda2 * L_reg pushing the centered class centers toward a simplex ETF.
-- Eq. 9: L = L_base + lambda1 * L_c + lambda2 * L_reg; the mixture is also the test-time prediction.
-  Evaluation reports the mixture (primary, used for model selection) and the linear classifier.
+- Eq. 8: lambda2 * L_reg pushing the centered class centers toward a simplex ETF. ``train/remop_etf_gap`` logs
+  max_{k != t} |cos(h_k - h_mean, h_t - h_mean) + 1/(K-1)| every step (0 at a simplex ETF).
+- Eq. 9: L = L_base + lambda1 * L_c + lambda2 * L_reg, trained end to end: the centers are parameters of the model
+  and learn from the gradient of lambda1 * L_c + lambda2 * L_reg, and L_c's gradient reaches the features too
+  (``remop_center_update: gradient``, the default). The mixture is also the test-time prediction. Evaluation
+  reports the mixture (primary, used for model selection) and the linear classifier.
+
+How much L_c weighs. The paper's L_c is a half-SUM over the batch's rows (labeled and confident unlabeled), while
+USB's cross-entropies are MEANS over the batch; lambda1 = 1e-4 multiplies the sum. With N labeled rows at squared
+distance D from their centers, lambda1 * L_c = 1e-4 * N * D / 2 against a CE of order 1: on the demo (N = 16,
+512-d features of the stand-in, D of a few hundred at the start) about 0.2-0.5 of the first steps' total loss,
+shrinking as the features gather (``train/remop_center_loss`` logs L_c unweighted). Each center's gradient is
+lambda1 * sum_i (h_y - x_i) over its rows: with Adam the step size does not depend on that scale, but its balance
+against lambda2 * L_reg's gradient does. The released code takes the MEAN within each group (labeled, confident
+unlabeled) and multiplies the centers' gradient by 1/lambda1 (``remop_center_reduction: mean``,
+``remop_center_grad_scale: 1e4`` in ``official``): there L_c barely moves the features (1e-4 x a mean) and fully
+moves the centers.
+
+What the paper leaves open, and this project's choices (each a key):
+
+- ``remop_center_init``: the paper does not say how the centers start; the released code draws them from randn.
+  Random 512-d centers have cosine about 0 with every (non-negative, post-ReLU) feature, so the feature prediction
+  is near 0 everywhere and the mixture cannot pass tau = 0.95 until the centers have travelled to their features,
+  which Adam at lr 1e-4 (at most ~1e-4 per coordinate and step) does not do within a short run.
+  ``class_mean`` (the default, this project's choice) sets each center to the mean feature of its labeled images
+  before step 0 (:meth:`ReMoP.init_centers`; not on resume, where the centers come from the checkpoint); ``randn``
+  is the released code's (``official``).
+- ``remop_center_update: wen`` (not from the paper, which cites Wen et al. 2016 for the center loss only): L_c sees
+  detached centers, and after each optimizer step every center moves toward its batch features by
+  ``remop_center_alpha`` (skipped when fp16's GradScaler skips the step). The centers then follow the features at
+  least a quarter of the way each step, and L_reg, which still has the centers' gradient, cannot shape them.
 
 What the mixture replaces, per learner (``algorithm: ...``):
 
@@ -84,6 +112,8 @@ procedure.
 from __future__ import annotations
 
 import contextlib
+import copy
+
 import torch
 from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core import ImbAlgorithmBase
@@ -95,6 +125,7 @@ from ..errors import UserError
 from ..evaluation import WithLearnerHeads
 from ..usb_compat import unwrap
 from .feature_classifier import (
+    CENTER_INITS,
     CENTER_REDUCTIONS,
     CENTER_UPDATES,
     FEATURES,
@@ -104,7 +135,10 @@ from .feature_classifier import (
     FeatureClassifierNet,
     center_loss,
     center_sq_distances,
+    class_sums,
+    etf_gap,
     etf_regularizer,
+    set_class_means,
     wen_center_update,
 )
 
@@ -121,6 +155,7 @@ PRESETS = {
         "remop_eval_centers": "live",
         "remop_feature": "head",
         "remop_center_update": "gradient",
+        "remop_center_init": "randn",
         "use_cat": False,
         "ema_weight_decay": 0.02,
         "crop_prob": 0.5,
@@ -275,11 +310,17 @@ class ReMoP(ImbAlgorithmBase):
         self.eval_centers = args.remop_eval_centers
         self.feature = args.remop_feature
         self.center_update = args.remop_center_update
+        self.center_init = args.remop_center_init
         self.center_alpha = float(args.remop_center_alpha)
         if not 0.0 < self.center_alpha <= 1.0:
             raise UserError(f"remop_center_alpha must be in (0, 1] (Wen et al.'s center learning rate), "
                             f"got {args.remop_center_alpha}")
         self.pending_center_update = None
+        self.scale_before_step = None
+        if args.algorithm != "supervised" and not args.use_cat and self.ulb_center_view == "weak":
+            raise UserError("use_cat: False runs USB's weak unlabeled forward under no_grad, so the weak-view center "
+                            "loss could not reach the encoder: set remop_ulb_center_view: strong (as remop_preset: "
+                            "official does) or use_cat: True")
 
     def _wrap(self, net):
         return FeatureClassifierNet(net, self.num_classes, beta=self.beta, similarity=self.similarity, mix=self.mix,
@@ -287,8 +328,9 @@ class ReMoP(ImbAlgorithmBase):
 
     def set_hooks(self):
         super().set_hooks()
-        if self.center_update == "wen":  # after the optimizer's step (HIGHEST), before the EMA copy (HIGH)
-            self.register_hook(CenterUpdateHook(), "CenterUpdateHook", "VERY_HIGH")
+        # before_run: before the EMA hook (HIGH) copies the model; after_train_step: after the optimizer's step
+        # (HIGHEST), before the EMA update (HIGH)
+        self.register_hook(CentersHook(), "CentersHook", "VERY_HIGH")
 
     # -- the mixture replaces the linear prediction for pseudo-labels (Eq. 7) -------------------------------------
     def compute_prob(self, logits):
@@ -342,13 +384,22 @@ class ReMoP(ImbAlgorithmBase):
             groups = [center_sq_distances(f, loss_centers, y) for f, y in rows]
         if self.center_update == "wen":
             self.pending_center_update = (torch.cat([f.detach() for f, _ in rows]), torch.cat([y for _, y in rows]))
+            self.scale_before_step = self._loss_scale()
         loss_center = center_loss(groups, self.center_reduction)
         loss_reg = etf_regularizer(centers, self.reg_kind)
         out_dict["loss"] = out_dict["loss"] + self.lambda_center * loss_center + self.lambda_reg * loss_reg
         log_dict["train/remop_center_loss"] = loss_center.item()
         log_dict["train/remop_reg_loss"] = loss_reg.item()
         log_dict["train/remop_mask"] = mask_rate
+        log_dict["train/remop_etf_gap"] = etf_gap(centers)
         return out_dict, log_dict
+
+    def _loss_scale(self):
+        """fp16's GradScaler scale now (None without one): it drops exactly when the scaler skips a step."""
+        scaler = getattr(self, "loss_scaler", None)
+        if not self.use_amp or scaler is None or not scaler.is_enabled():
+            return None
+        return scaler.get_scale()
 
     def _center_feat(self, feat):
         """The feature classifier's input (``center_feat``, with its graph) of the rows whose encoder feature is
@@ -383,7 +434,36 @@ class ReMoP(ImbAlgorithmBase):
             return
         feat, labels = self.pending_center_update
         self.pending_center_update = None
+        before, after = self.scale_before_step, self._loss_scale()
+        if before is not None and after < before:  # the scaler found inf/NaN and skipped the optimizer's step
+            return
         wen_center_update(unwrap(self.model).centers.data, feat, labels, self.center_alpha, reduce=_sum_over_processes)
+
+    def init_centers(self):
+        """``remop_center_init: class_mean``: before step 0 (not on resume), each center becomes the mean feature of
+        its labeled images (the feature classifier's input, the model in eval mode, the images under the evaluation
+        transform), computed on every process alike; a class without labeled images keeps its random center. The
+        global RNG streams are left as they were, so the run differs from a ``randn`` one only in its centers."""
+        if self.center_init != "class_mean" or self.resume or self.it > 0:
+            return
+        model = unwrap(self.model)
+        shown = copy.copy(self.dataset_dict["train_lb"])
+        shown.transform, shown.strong_transform = self.dataset_dict["eval"].transform, None
+        loader = torch.utils.data.DataLoader(shown, batch_size=self.args.eval_batch_size, shuffle=False,
+                                             num_workers=0)
+        sums = torch.zeros_like(model.centers.data)
+        counts = torch.zeros(sums.shape[0], dtype=sums.dtype, device=sums.device)
+        was_training = self.model.training
+        self.model.eval()
+        with _rng_kept(), torch.no_grad():
+            for batch in loader:
+                x, y = batch["x_lb"].to(sums.device), batch["y_lb"].to(sums.device)
+                batch_sums, batch_counts = class_sums(sums, self.model(x)["center_feat"].float(), y)
+                sums += batch_sums
+                counts += batch_counts
+        self.model.train(was_training)
+        set_class_means(model.centers.data, sums, counts)
+        unwrap(self.ema_model).centers.data.copy_(model.centers.data)
 
     # -- evaluation: the mixture at test time ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -417,8 +497,12 @@ class ReMoP(ImbAlgorithmBase):
             SSL_Argument("--remop_eval_centers", str, "ema", "centers used at evaluation: ema | live"),
             SSL_Argument("--remop_feature", str, "encoder",
                          f"feature of the feature classifier: {' | '.join(FEATURES)} (head: after the head's dropout)"),
-            SSL_Argument("--remop_center_update", str, "wen",
-                         f"how the centers learn: {' | '.join(CENTER_UPDATES)} (wen: Wen et al. 2016's update)"),
+            SSL_Argument("--remop_center_update", str, "gradient",
+                         f"how the centers learn: {' | '.join(CENTER_UPDATES)} (gradient: Eq. 9, end to end; wen: "
+                         f"Wen et al. 2016's update, not from the paper)"),
+            SSL_Argument("--remop_center_init", str, "class_mean",
+                         f"how the centers start: {' | '.join(CENTER_INITS)} (class_mean: labeled feature means "
+                         f"before step 0, this project's choice; randn: the released code)"),
             SSL_Argument("--remop_center_alpha", float, 0.5, "alpha of Wen et al.'s center update, in (0, 1]"),
         ]
 
@@ -433,6 +517,7 @@ class ReMoP(ImbAlgorithmBase):
         "remop_eval_centers": ("ema", "live"),
         "remop_feature": FEATURES,
         "remop_center_update": CENTER_UPDATES,
+        "remop_center_init": CENTER_INITS,
     }
     RANGES = {
         "remop_beta": "[0, 1]",  # the mixture beta p_l + (1 - beta) p_s
@@ -444,13 +529,36 @@ class ReMoP(ImbAlgorithmBase):
     }
 
 
-class CenterUpdateHook(Hook):
-    """Applies ReMoP's pending Wen et al. center update after each training step's optimizer step."""
+class CentersHook(Hook):
+    """ReMoP's centers outside the loss: their initialisation before the run (``remop_center_init``) and Wen et al.'s
+    update after each optimizer step (``remop_center_update: wen``)."""
 
     checkpoint_attrs = ()  # no state: the centers are model parameters
 
+    def before_run(self, algorithm):
+        algorithm.init_centers()
+
     def after_train_step(self, algorithm):
-        algorithm.update_centers()
+        if algorithm.center_update == "wen":
+            algorithm.update_centers()
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Inside, the global RNGs (torch's CPU and CUDA, numpy's, Python's) may be consumed; on leaving they are back
+    where they were."""
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def _sum_over_processes(tensor):
