@@ -79,10 +79,37 @@ _EXPRESSION_DELTAS: Dict[int, Dict[str, float]] = {
 }
 
 
-def _expression_params(expression: int, intensity: float, rng: np.random.Generator) -> Dict[str, float]:
-    """Neutral + intensity * expression offsets + a per-person 'resting face' jitter."""
-    d = _EXPRESSION_DELTAS[expression]
-    p = {k: intensity * d.get(k, 0.0) for k in _PARAMS}
+#: The facial-action parameters' ranges over the canonical expressions and the neutral face: ``{name: (lo, hi)}``
+#: with ``lo <= 0 <= hi`` (the full-intensity offsets). Action pretraining draws random combinations within them.
+ACTION_RANGES: Dict[str, Tuple[float, float]] = {
+    k: (min(0.0, *(d.get(k, 0.0) for d in _EXPRESSION_DELTAS.values())),
+        max(0.0, *(d.get(k, 0.0) for d in _EXPRESSION_DELTAS.values())))
+    for k in _PARAMS}
+
+
+def check_actions(actions) -> Dict[str, float]:
+    """``actions`` as ``{parameter: float}``; a name outside :data:`_PARAMS` or a non-finite value is an error."""
+    unknown = sorted(set(actions) - set(_PARAMS))
+    if unknown:
+        raise ValueError(f"actions: unknown facial-action parameters {unknown}; known: {', '.join(_PARAMS)}")
+    out = {k: float(v) for k, v in actions.items()}
+    if not all(math.isfinite(v) for v in out.values()):
+        raise ValueError(f"actions: values must be finite, not {actions!r}")
+    return out
+
+
+def _expression_params(expression: int, intensity: float, rng: np.random.Generator,
+                       actions: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Neutral + intensity * expression offsets + a per-person 'resting face' jitter.
+
+    ``actions`` (checked by :func:`check_actions`) replaces ``intensity * offsets`` by its own offsets (missing
+    parameters 0); the jitter is drawn the same way, so ``rng`` advances identically either way.
+    """
+    if actions is None:
+        d = _EXPRESSION_DELTAS[expression]
+        p = {k: intensity * d.get(k, 0.0) for k in _PARAMS}
+    else:
+        p = {k: actions.get(k, 0.0) for k in _PARAMS}
     # Resting-face variation: it is what makes weak sad faces look neutral (and weak fear look like surprise).
     p["curve"] += rng.normal(0.0, 0.018)
     p["open"] = max(0.0, p["open"] + rng.normal(0.0, 0.012))
@@ -127,7 +154,8 @@ def _gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
-                intensity: Optional[float] = None, identity: Optional[np.random.Generator] = None) -> Image.Image:
+                intensity: Optional[float] = None, identity: Optional[np.random.Generator] = None,
+                actions: Optional[Dict[str, float]] = None) -> Image.Image:
     """Draw a ``size`` x ``size`` RGB face showing canonical ``expression`` (0..7, see ``labels.CANONICAL``).
 
     Everything random comes from ``rng``, consumed in a fixed order, so equal generator states give equal images.
@@ -135,18 +163,24 @@ def render_face(expression: int, rng: np.random.Generator, size: int = 100, *,
     ``identity``, when given, supplies the person's own traits instead (face shape, skin, hair, eyes, brows, mouth):
     generators in equal states give the same person, under the pose, lighting and expression ``rng`` draws. Without
     it every face is a new person, and the image is the same as before this option existed.
+    ``actions``, when given, is a ``{parameter: offset}`` dict over :data:`_PARAMS` (missing ones 0) that replaces
+    the expression's offsets: a face making an arbitrary combination of facial actions (action-unit pretraining), the
+    per-person resting-face jitter still added. ``expression`` is then only validated and ``intensity`` is ignored;
+    ``rng`` is consumed in the same order, so the pose, lighting and (without ``identity``) person are those of the
+    same generator state without ``actions``.
     """
     if not (isinstance(expression, (int, np.integer)) and 0 <= int(expression) < len(CANONICAL)):
         raise ValueError(f"expression must be a canonical index 0..{len(CANONICAL) - 1}, not {expression!r}")
     if not (isinstance(size, (int, np.integer)) and size >= 16):
         raise ValueError(f"size must be an integer >= 16, not {size!r}")
     expression, size = int(expression), int(size)
+    actions = None if actions is None else check_actions(actions)
     idr = rng if identity is None else identity  # the person's traits
 
     # --- draws, in a fixed order -----------------------------------------------------------------------------
     drawn = float(np.clip(rng.beta(2.5, 1.2), 0.12, 1.0))  # always drawn, so `intensity` keeps the same identity
     intensity = drawn if intensity is None else intensity
-    p = _expression_params(expression, float(intensity), rng)
+    p = _expression_params(expression, float(intensity), rng, actions)
 
     k = 2 if size >= 64 else int(math.ceil(128 / size))  # supersampling factor
     R = size * k

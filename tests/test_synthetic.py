@@ -314,3 +314,38 @@ def test_expressions_are_learnable():
     score = balanced_accuracy_score(y_test, clf.predict(x_test))
     print(f"synthetic FER learnability: HOG+LR balanced accuracy {score:.3f} (chance 0.143)")
     assert score > 0.35
+
+
+# --- facial actions (action-unit pretraining) ------------------------------------------------------------------------
+
+
+def test_action_ranges_span_the_expressions_and_zero():
+    """ACTION_RANGES: per parameter, min and max over the 8 canonical offsets and 0 (neutral)."""
+    r = syn.ACTION_RANGES
+    assert tuple(r) == syn._PARAMS
+    assert r["curve"] == (-0.11, 0.20)  # sad -0.11 .. happy +0.20
+    assert r["eye"] == (-0.45, 0.60) and r["inner"] == (-0.18, 0.12) and r["raise"] == (-0.10, 0.16)
+    assert r["open"] == (0.0, 0.32) and r["asym"] == (0.0, 0.17) and r["pinch"] == (0.0, 0.08)
+    assert all(r[k] == (0.0, 1.0) for k in ("press", "teeth", "wrinkle", "frown", "forehead", "cheek"))
+
+
+def test_actions_replace_the_expression_offsets():
+    """actions=intensity * the expression's offsets draws exactly the expression at that intensity: the offsets are
+    the only thing replaced, and rng is consumed in the same order (same person, pose, lighting, jitter, noise)."""
+    for e, x in ((1, 0.8), (3, 1.0), (6, 0.37)):
+        offsets = {k: x * v for k, v in syn._EXPRESSION_DELTAS[e].items()}
+        expected = render_face(e, face_rng(0, "a", e), 48, intensity=x).tobytes()
+        assert render_face(0, face_rng(0, "a", e), 48, actions=offsets).tobytes() == expected
+        assert render_face(5, face_rng(0, "a", e), 48, actions=offsets).tobytes() == expected  # expression unused
+    plain = render_face(2, face_rng(0, "a", 9), 48).tobytes()
+    assert render_face(2, face_rng(0, "a", 9), 48, actions=None).tobytes() == plain
+    assert render_face(0, face_rng(0, "a", 9), 48, actions={}).tobytes() == \
+        render_face(0, face_rng(0, "a", 9), 48, intensity=0.0).tobytes()  # no action: a neutral face
+    assert render_face(0, face_rng(0, "a", 9), 48, actions={"snarl": 0.18, "frown": 1.0}).tobytes() != plain
+
+
+def test_bad_actions():
+    with pytest.raises(ValueError, match="unknown facial-action parameters \\['smile'\\]"):
+        render_face(0, np.random.default_rng(0), 32, actions={"smile": 1.0, "curve": 0.1})
+    with pytest.raises(ValueError, match="values must be finite"):
+        render_face(0, np.random.default_rng(0), 32, actions={"curve": float("nan")})
