@@ -124,10 +124,12 @@ class PretrainSettings:
 
 def build_environment() -> dict:
     """What the trained bytes depend on besides the settings: the torch build, the CPU kernels it dispatches to
-    (AVX2, AVX512, ...: different kernels sum in different orders), the pinned thread count, Pillow's rasteriser."""
+    (AVX2, AVX512, ...: different kernels sum in different orders), the pinned thread count, Pillow's rasteriser.
+    Plain strings and ints: the checkpoint stores them, and ``torch.load(weights_only=True)`` refuses a pickled
+    ``TorchVersion`` (``torch.__version__`` itself)."""
     import PIL
 
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": PRETRAIN_THREADS, "pillow": PIL.__version__}
 
 

@@ -202,6 +202,7 @@ def test_the_cache_key_names_what_the_bytes_depend_on(monkeypatch):
     env = pretrain.build_environment()
     assert env == {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                    "threads": pretrain.PRETRAIN_THREADS, "pillow": PIL.__version__}
+    assert {type(v) for v in env.values()} == {str, int}  # weights_only loading refuses torch's TorchVersion
     for target, name, value in ((pretrain, "PRETRAIN_THREADS", pretrain.PRETRAIN_THREADS + 1),
                                 (torch.backends.cpu, "get_cpu_capability", lambda: "another CPU"),
                                 (torch, "__version__", "0.0.0"), (PIL, "__version__", "0.0.0")):
