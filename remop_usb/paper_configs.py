@@ -195,7 +195,7 @@ PAPER_COMMON = {
 #: the demo: synthetic RAF-DB written on first use, small images, a few hundred steps on 2 CPU cores from the
 #: synthetic stand-in of the face-pretrained backbone (built on first use), with the paper's optimiser
 DEMO = {
-    "dataset": "rafdb", "data_dir": "./data/demo_rafdb", "demo_data": True, "num_classes": 7, "num_labels": 150,
+    "dataset": "rafdb", "data_dir": "./data/demo_rafdb", "demo_data": True, "num_classes": 7, "num_labels": 50,
     "lb_imb_ratio": 10, "include_lb_to_ulb": False, "img_size": 48, "crop_ratio": 0.875, "net": "resnet18_fer",
     "use_pretrain": True, "pretrain_path": "", "demo_pretrain": True, "epoch": 4, "num_train_iter": 400,
     "num_eval_iter": 100, "num_log_iter": 50, "batch_size": 16, "uratio": 1, "eval_batch_size": 128,

@@ -72,7 +72,7 @@ def test_demo_pretrain_loads_the_cached_stand_in(tiny_rafdb, tmp_path, monkeypat
 
 def test_bad_settings_are_one_line():
     assert "steps must be a positive integer" in one_line_error(PretrainSettings(steps=0).check)
-    assert "task must be one of identity, expression, actions, identity+actions, got 'x'" in \
+    assert "task must be one of identity, expression, actions, identity+actions, prototypes, got 'x'" in \
         one_line_error(PretrainSettings(task="x").check)
     assert "img_size must be at least 32" in one_line_error(PretrainSettings(img_size=16).check)
 
@@ -262,3 +262,50 @@ def test_probe_of_a_checkpoint(tmp_path):
     assert numbers(trained) == result and numbers(random_init) == numbers(None) != result
     with pytest.raises(UserError, match="no such file"):
         numbers(str(tmp_path / "missing.pth"))
+
+
+def test_action_prototypes_are_fixed_strong_combinations_within_the_ranges():
+    """Prototype p: 4-7 of the 15 actions, each at 0.8-1.0 of one end of its range, drawn from its own stream, so it
+    does not depend on how many prototypes there are; none of them is one of the 7 expressions' patterns."""
+    from datasets_fer.synthetic import _EXPRESSION_DELTAS, ACTION_RANGES
+
+    protos = [pretrain.action_prototype(0, p) for p in range(16)]
+    assert protos[3] == pretrain.action_prototype(0, 3) and protos[3] != pretrain.action_prototype(1, 3)
+    for proto in protos:
+        assert 4 <= len(proto) <= 7
+        for name, value in proto.items():
+            lo, hi = ACTION_RANGES[name]
+            end = hi if value > 0 else lo
+            assert end != 0 and 0.8 - 1e-12 <= value / end <= 1.0 + 1e-12, (name, value, lo, hi)
+    names = list(ACTION_RANGES)
+    for proto in protos:  # a prototype's set of active actions is never an expression's
+        for delta in _EXPRESSION_DELTAS.values():
+            assert set(proto) != {k for k in names if delta.get(k, 0.0) != 0.0}
+
+
+def test_prototype_samples_show_their_prototype_at_the_drawn_intensity():
+    """Sample i: the person is drawn first (streams aligned across tasks), then the class and the intensity; the face
+    is the prototype's actions times the intensity, and the label is the class."""
+    from datasets_fer.transforms import MEAN, STD
+
+    settings = PretrainSettings(task="prototypes", prototypes=5, img_size=32)
+    assert settings.num_classes == 5 and settings.num_outputs == 5
+    faces = SyntheticFaces(settings, 6)
+    for i in range(6):
+        x, label = faces[i]
+        rng = face_rng(0, "pretrain/sample", i)
+        rng.integers(settings.identities)
+        cls, intensity = int(rng.integers(5)), float(rng.uniform(0.5, 1.0))
+        assert label == cls
+        actions = {k: intensity * v for k, v in pretrain.action_prototype(0, cls).items()}
+        image = np.asarray(render_face(0, rng, 32, actions=actions), dtype=np.float32)
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        expected = (torch.from_numpy(image.copy()).permute(2, 0, 1) / 255.0 - torch.tensor(MEAN).view(3, 1, 1)) \
+            / torch.tensor(STD).view(3, 1, 1)
+        assert torch.equal(x, expected), i
+
+
+def test_demo_backbone_is_the_prototype_task():
+    assert pretrain.DEMO_SETTINGS.task == "prototypes" and pretrain.DEMO_SETTINGS.steps == 200
+    assert "pretrain: prototypes must be at least 2" in one_line_error(PretrainSettings(prototypes=1).check)
