@@ -139,4 +139,4 @@ def test_the_hook_in_a_supervised_run(tiny_rafdb, tmp_path):
 def test_bad_diagnostics_settings(tiny_rafdb, tmp_path, capsys):
     assert main(train_argv(tiny_rafdb, tmp_path, save_name="bad", diag_max_samples=-1)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "diag_max_samples (-1)" in err[0]
+    assert len(err) == 1 and "--diag_max_samples -1 is out of range: expected diag_max_samples >= 0" in err[0]

@@ -37,7 +37,8 @@ def test_fixmatch_masks_and_pseudo_labels_come_from_the_mixture(tiny_rafdb, tmp_
 
 
 def test_losses_finite_and_centers_learn_when_nothing_is_confident(tiny_rafdb, tmp_path):
-    alg = build(tiny_rafdb, tmp_path, remop_p_cutoff=1.5, p_cutoff=1.5)
+    alg = build(tiny_rafdb, tmp_path)
+    alg.p_cutoff, alg.tau = 1.5, 1.5  # nothing can pass (the config refuses thresholds outside [0, 1])
     out, log = alg.train_step(**one_batch(alg))
     assert log["train/remop_mask"] == 0.0
     assert torch.isfinite(out["loss"])

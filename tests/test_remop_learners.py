@@ -67,8 +67,10 @@ def step(alg):
 
 
 def test_flexmatch_thresholds_and_selected_labels_use_the_mixture(tiny_rafdb, tmp_path):
-    # every sample counts as selected by FlexMatch and as confident for ReMoP's center loss
-    alg = build(tiny_rafdb, tmp_path, "flexmatch", p_cutoff=-1.0, remop_p_cutoff=-1.0)
+    # every sample counts as selected by FlexMatch and as confident for ReMoP's center loss (thresholds below the
+    # mixture's lowest possible value, -0.5, set on the built object: the config refuses them, being out of [0, 1])
+    alg = build(tiny_rafdb, tmp_path, "flexmatch")
+    alg.p_cutoff, alg.tau = -1.0, -1.0
     masking = spy(alg, "MaskingHook", "masking")
     pseudo = spy(alg, "PseudoLabelingHook", "gen_ulb_targets")
     batch = one_batch(alg)
