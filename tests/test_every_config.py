@@ -34,7 +34,7 @@ def test_every_demo_config_asks_for_the_same_split():
     assert len(DEMO_CONFIGS) >= 10
     keys = {path: tuple(_load(path)[k] for k in SPLIT_KEYS) for path in DEMO_CONFIGS}
     assert len(set(keys.values())) == 1, keys
-    assert next(iter(keys.values())) == ("rafdb", "./data/demo_rafdb", 150, 10, False, 0, 7)
+    assert next(iter(keys.values())) == ("rafdb", "./data/demo_rafdb", 50, 10, False, 0, 7)
 
 
 def test_every_demo_config_trains_and_records_one_split(tiny_rafdb, tmp_path, demo_split_sha256):
