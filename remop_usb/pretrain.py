@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import OneLineArgumentParser, UserError

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import json
 import os
 import tempfile
 
@@ -56,6 +57,18 @@ def train_argv(data_dir, save_dir, config="config/demo/remop_fixmatch.yaml", **o
     for k, v in values.items():
         argv += [f"--{k}", str(v)]
     return argv
+
+
+def short_run_results(data_dir, save_dir, config, iterations=1):
+    """Train ``config`` for ``iterations`` steps through train.py's entry point (evaluating each step); the run's
+    results.json as a dict (the run is saved as ``<save_dir>/<config's file name>``)."""
+    from remop_usb.launch import main
+
+    name = os.path.splitext(os.path.basename(config))[0]
+    assert main(train_argv(data_dir, save_dir, config=config, save_name=name, num_train_iter=iterations,
+                           num_eval_iter=1)) == 0
+    with open(os.path.join(str(save_dir), name, "results.json")) as f:
+        return json.load(f)
 
 
 def build_for(data_dir, save_dir, config="config/demo/remop_fixmatch.yaml", seed=False, **overrides):

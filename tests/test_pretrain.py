@@ -306,6 +306,5 @@ def test_prototype_samples_show_their_prototype_at_the_drawn_intensity():
         assert torch.equal(x, expected), i
 
 
-def test_demo_backbone_is_the_prototype_task():
-    assert pretrain.DEMO_SETTINGS.task == "prototypes" and pretrain.DEMO_SETTINGS.steps == 200
+def test_fewer_than_two_prototypes_are_refused():
     assert "pretrain: prototypes must be at least 2" in one_line_error(PretrainSettings(prototypes=1).check)

@@ -2,17 +2,15 @@
 head -- ACR's balanced head (``balanced``), CDMAD's debiased logits (``debiased``) -- computed as the learner alone
 computes it from the same weights."""
 
-import json
 import os
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import build_for, check_report_accuracies, train_argv
+from conftest import build_for, check_report_accuracies, short_run_results
 from remop_usb.algorithms.cdmad import solid_image
 from remop_usb.evaluation import heads_of, output_keys, predict
-from remop_usb.launch import main
 from remop_usb.usb_compat import unwrap
 
 HEADS = {"acr": ["mixture", "linear", "balanced"], "cdmad": ["mixture", "linear", "debiased"]}
@@ -21,10 +19,7 @@ HEADS = {"acr": ["mixture", "linear", "balanced"], "cdmad": ["mixture", "linear"
 @pytest.mark.parametrize("learner", sorted(HEADS))
 def test_a_short_run_reports_the_learners_head_too(tiny_rafdb, tmp_path, learner):
     name = f"remop_{learner}"
-    assert main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{name}.yaml", save_name=name,
-                           num_train_iter=2, num_eval_iter=1)) == 0
-    with open(os.path.join(tmp_path, name, "results.json")) as f:
-        res = json.load(f)
+    res = short_run_results(tiny_rafdb, tmp_path, f"config/demo/{name}.yaml", iterations=2)
     assert res["primary_head"] == "mixture"  # model selection stays on the mixture
     for which in ("best", "last"):
         assert list(res[which]["heads"]) == HEADS[learner]

@@ -1,15 +1,12 @@
 """ReMoP on USB's FlexMatch, FreeMatch, SoftMatch and on Ada-CM: the probabilities each learner's mechanism
 consumes -- and the state it keeps from them -- are the mixture of predictions (Eq. 6), not the linear softmax."""
 
-import json
-import os
 
 import pytest
 import torch
 
-from conftest import build_for, check_report_accuracies, one_batch, spy, train_argv
+from conftest import build_for, check_report_accuracies, one_batch, short_run_results, spy
 from remop_usb.algorithms.remop import ForwardRecorder
-from remop_usb.launch import main
 from remop_usb.usb_compat import unwrap
 
 LEARNERS = ("flexmatch", "freematch", "softmatch", "adacm")
@@ -150,11 +147,7 @@ def test_adacm_ema_margin_pass_reads_the_ema_mixture(tiny_rafdb, tmp_path):
 
 @pytest.mark.parametrize("learner", LEARNERS)
 def test_few_iteration_run_reports_mixture_and_linear(tiny_rafdb, tmp_path, learner):
-    name = f"remop_{learner}"
-    assert main(train_argv(tiny_rafdb, tmp_path, config=f"config/demo/{name}.yaml", save_name=name,
-                           num_train_iter=1, num_eval_iter=1)) == 0
-    with open(os.path.join(tmp_path, name, "results.json")) as f:
-        res = json.load(f)
+    res = short_run_results(tiny_rafdb, tmp_path, f"config/demo/remop_{learner}.yaml")
     assert res["algorithm"] == learner and res["imb_algorithm"] == "remop" and res["primary_head"] == "mixture"
     assert len(res["class_names"]) == 7
     for which in ("best", "last"):

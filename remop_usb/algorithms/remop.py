@@ -313,10 +313,7 @@ class ReMoP(ImbAlgorithmBase):
         self.feature = args.remop_feature
         self.center_update = args.remop_center_update
         self.center_init = args.remop_center_init
-        self.center_alpha = float(args.remop_center_alpha)
-        if not 0.0 < self.center_alpha <= 1.0:
-            raise UserError(f"remop_center_alpha must be in (0, 1] (Wen et al.'s center learning rate), "
-                            f"got {args.remop_center_alpha}")
+        self.center_alpha = float(args.remop_center_alpha)  # (0, 1]: RANGES, checked by the config
         self.pending_center_update = None
         self.scale_before_step = None
         if args.algorithm != "supervised" and not args.use_cat and self.ulb_center_view == "weak":
