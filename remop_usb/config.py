@@ -444,11 +444,15 @@ def _resolve_names(cli_argv, yaml_values):
 IMPLIED_BY = {"num_iter_per_epoch": "num_train_iter"}
 
 
+def run_classes(algorithm, imb_algorithm) -> list:
+    """The classes of this run's algorithms: the learner's, then the imbalanced algorithm's (either may be None)."""
+    classes = [registry.algorithm_class(algorithm)] if algorithm else []
+    return classes + ([registry.imb_algorithm_class(imb_algorithm)] if imb_algorithm else [])
+
+
 def preset_classes(algorithm, imb_algorithm):
     """The classes of this run's algorithms that declare presets (``PRESET_KEY`` and ``PRESETS``)."""
-    classes = [registry.algorithm_class(algorithm)] if algorithm else []
-    classes += [registry.imb_algorithm_class(imb_algorithm)] if imb_algorithm else []
-    return [cls for cls in classes if getattr(cls, "PRESET_KEY", None)]
+    return [cls for cls in run_classes(algorithm, imb_algorithm) if getattr(cls, "PRESET_KEY", None)]
 
 
 def preset_keys(cls) -> set:
@@ -601,10 +605,8 @@ def parse_args(argv=None):
 def range_table(algorithm, imb_algorithm) -> dict:
     """{key: range} of a run of these algorithms: :data:`~remop_usb.ranges.KEY_RANGES`, overridden by the ``RANGES``
     of the algorithm's class, then by the imbalanced algorithm's."""
-    classes = [registry.algorithm_class(algorithm)] if algorithm else []
-    classes += [registry.imb_algorithm_class(imb_algorithm)] if imb_algorithm else []
     table = dict(KEY_RANGES)
-    for cls in classes:
+    for cls in run_classes(algorithm, imb_algorithm):
         table.update(getattr(cls, "RANGES", {}))
     return table
 
