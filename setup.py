@@ -24,9 +24,10 @@ setup(
         "matplotlib",
         "wandb",
         "tqdm",
+        "filelock",  # the stand-in backbone is built once when several processes ask for it
         "submitit>=1.5.4,<1.6",  # sweep --launcher slurm (its sbatch file is also printed by --dry_run)
     ],
-    extras_require={"test": ["pytest>=7.3"]},
+    extras_require={"test": ["pytest>=7.3", "pytest-xdist>=3.5"]},
     # A separate package extends remop-usb without editing it by declaring the group "remop_usb.plugins" in ITS
     # setup.py; the launcher imports each listed module (or calls each module:function) before building anything:
     #     entry_points={"remop_usb.plugins": ["my_alg = my_pkg.my_alg"]},

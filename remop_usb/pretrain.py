@@ -384,14 +384,22 @@ def cached_path(settings: PretrainSettings, cache_dir=None) -> str:
 
 def ensure_pretrained(settings: PretrainSettings = None, cache_dir=None, log=print) -> str:
     """The stand-in checkpoint for ``settings`` (None: :data:`DEMO_SETTINGS`) under ``cache_dir``, trained and
-    written on first use."""
+    written on first use, under a file lock beside it (concurrent callers build it once)."""
+    from filelock import FileLock
+
     settings = DEMO_SETTINGS if settings is None else settings
     path = cached_path(settings.check(), cache_dir)
     if os.path.isfile(path):
         return path
-    log(f"[remop-usb] building the synthetic face-recognition backbone (once; cached as {path})")
-    state_dict, info = train(settings, log=log)
-    return save(path, state_dict, settings, info)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # several processes asking at once (pytest-xdist workers, the runs of a local sweep) build it once: the first
+    # takes the lock and builds, the others wait for it and then find the file
+    with FileLock(path + ".lock"):
+        if os.path.isfile(path):
+            return path
+        log(f"[remop-usb] building the synthetic face-recognition backbone (once; cached as {path})")
+        state_dict, info = train(settings, log=log)
+        return save(path, state_dict, settings, info)
 
 
 PROBE_STREAMS = ("probe/train", "probe/test")

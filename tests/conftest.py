@@ -25,13 +25,19 @@ def tiny_rafdb(tmp_path_factory):
     return str(root)
 
 
+#: where the stand-in backbone of the tests is kept between sessions: it is keyed on everything its bytes depend on
+#: (settings, generator, torch, CPU, threads, Pillow), so sharing the demo's cache is harmless, and it is built once
+#: under a file lock however many pytest-xdist workers ask for it at once
+BACKBONE_CACHE = os.environ.get("REMOP_USB_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "remop-usb")
+
+
 @pytest.fixture(scope="session")
 def pretrained_backbone():
-    """The stand-in face backbone (``remop-usb pretrain``, test-sized: 48 px, 400 steps), built once per session
-    into the session's cache; its path, for ``pretrain_path``."""
+    """The stand-in face backbone (``remop-usb pretrain``, test-sized: 48 px, 400 steps), built once (see
+    :data:`BACKBONE_CACHE`); its path, for ``pretrain_path``."""
     from remop_usb.pretrain import TEST_SETTINGS, ensure_pretrained
 
-    return ensure_pretrained(TEST_SETTINGS, cache_dir=os.environ["REMOP_USB_CACHE"])
+    return ensure_pretrained(TEST_SETTINGS, cache_dir=BACKBONE_CACHE)
 
 
 @pytest.fixture(scope="session")
