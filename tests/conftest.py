@@ -206,3 +206,21 @@ def spy(algorithm, hook_name, method):
 
     setattr(hook, method, wrapper)
     return seen
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (the CUDA tier, docs/cuda_tier.md) are skipped where torch sees no CUDA GPU, and those
+    marked ``cuda(gpus=N)`` where it sees fewer than N. torch is asked only when such a test was collected."""
+    marked = [(item, item.get_closest_marker("cuda")) for item in items]
+    marked = [(item, mark) for item, mark in marked if mark is not None]
+    if not marked:
+        return
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item, mark in marked:
+        needed = mark.kwargs.get("gpus", 1)
+        if found == 0:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        elif found < needed:
+            item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA GPUs ({found} here)"))
