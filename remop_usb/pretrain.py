@@ -509,10 +509,10 @@ def main(argv=None):
     p.add_argument("--probe", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help="also print a logistic-regression probe of the frozen features on 7 synthetic expressions "
                         "(420 train faces in RAF-DB's proportions, 420 balanced test faces); with CHECKPOINT, probe "
-                        "that file instead of building")
+                        "that file instead of building (at --img_size px)")
     a = p.parse_args(argv)
     if a.probe:
-        print(f"[remop-usb] {a.probe}: {describe_probe(probe(a.probe))}")
+        print(f"[remop-usb] {a.probe}: {describe_probe(probe(a.probe, size=a.img_size))}")
         return 0
     settings = PretrainSettings(**{k: getattr(a, k) for k in asdict(defaults)}).check()
     start, path = time.time(), cached_path(settings, a.cache_dir)
@@ -525,7 +525,7 @@ def main(argv=None):
         path = a.out
     seconds = time.time() - start
     if a.probe is not None:
-        print(f"[remop-usb] {describe_probe(probe(path))}")
+        print(f"[remop-usb] {describe_probe(probe(path, size=settings.img_size))}")  # at the size it was trained at
     print(f"{path} ({'cached' if cached else 'built'}, {seconds:.1f} s)")
     return 0
 
