@@ -210,6 +210,14 @@ class _WorkerBatch:
     def __init__(self, batch, worker, state):
         self.batch, self.worker, self.state = batch, worker, state
 
+    def pin_memory(self):
+        """``pin_memory: True``: the loader's pinning thread pins what it is handed by calling this method (an object
+        without one would pass through unpinned); the batch is pinned, the worker's RNG state stays as it is."""
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        self.batch = pin_memory(self.batch)
+        return self
+
 
 class _CollateRecordingWorkerRng:
     """Collate function wrapper: in a worker, attach the worker's RNG state (the loader's iterator strips it)."""
