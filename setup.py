@@ -27,7 +27,11 @@ setup(
         "filelock",  # the stand-in backbone is built once when several processes ask for it
         "submitit>=1.5.4,<1.6",  # sweep --launcher slurm (its sbatch file is also printed by --dry_run)
     ],
-    extras_require={"test": ["pytest>=7.3", "pytest-xdist>=3.5"]},
+    extras_require={
+        "test": ["pytest>=7.3", "pytest-xdist>=3.5",
+                 "mkdocs-material>=9.5,<10"],  # tests/test_docs.py builds the docs with mkdocs build --strict
+        "docs": ["mkdocs-material>=9.5,<10"],  # mkdocs serve / mkdocs build (mkdocs.yml, docs/)
+    },
     # A separate package extends remop-usb without editing it by declaring the group "remop_usb.plugins" in ITS
     # setup.py; the launcher imports each listed module (or calls each module:function) before building anything:
     #     entry_points={"remop_usb.plugins": ["my_alg = my_pkg.my_alg"]},
