@@ -109,10 +109,11 @@ def test_a_missing_plugin_is_one_line(tmp_path, capsys):
                                                "No module named 'no_such_module_here'")
 
 
-def test_the_readme_example_trains_as_written(tiny_rafdb, tmp_path, monkeypatch):
-    """The README's "Extending without forking" module, verbatim, trains through `plugins:` and its own key."""
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    code = re.search(r"```python\n(# my_pkg/my_alg.py\n.*?)```", readme, re.S).group(1)
+def test_the_docs_plugin_example_trains_as_written(tiny_rafdb, tmp_path, monkeypatch):
+    """The docs' "Extending without forking" module (docs/extending.md), verbatim, trains through `plugins:` and its
+    own key."""
+    page = open(os.path.join(os.path.dirname(__file__), "..", "docs", "extending.md"), encoding="utf-8").read()
+    code = re.search(r"```python\n(# my_pkg/my_alg.py\n.*?)```", page, re.S).group(1)
     (tmp_path / "my_pkg").mkdir()
     (tmp_path / "my_pkg" / "__init__.py").write_text("")
     (tmp_path / "my_pkg" / "my_alg.py").write_text(code)
