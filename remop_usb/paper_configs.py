@@ -107,6 +107,19 @@ _USB_IMB = {
 METHODS.update({name.replace("+", "_plus"): (title, {**_FIXMATCH, "imb_algorithm": name, **keys})
                 for name, (title, keys) in _USB_IMB.items()})
 BEYOND_PAPER = BEYOND_PAPER + tuple(name.replace("+", "_plus") for name in _USB_IMB)
+# Meta-Expert (CPE's experts and a meta-expert assigning one per sample; ReMoP refused) and CPG (the labeled set grows by
+# filtered pseudo-labels), CPG also with ReMoP on top
+_METAEXPERT = {**_FIXMATCH, "algorithm": "metaexpert", **{k: v for k, v in METHODS["cpe"][1].items()
+                                                         if k.startswith("cpe_") and k != "cpe_test_expert"},
+               "metaexpert_aggregate": "hard", "metaexpert_dea_input": "logits", "metaexpert_fusion": "multi_depth",
+               "metaexpert_dea_mask": True, "metaexpert_class_balanced": False, "metaexpert_start_epoch": 0}
+_CPG = {**_FIXMATCH, "algorithm": "cpg", "cpg_admission": "step", "cpg_label_smoothing": 0.0, "cpg_caa_copies": 10.0}
+METHODS.update({
+    "metaexpert": ("Meta-Expert (Hou & Jia, 2025)", {**_METAEXPERT, "imb_algorithm": None}),
+    "cpg": ("CPG (Hou et al., 2025)", {**_CPG, "imb_algorithm": None}),
+    "remop_cpg": ("CPG w/ ReMoP (beyond the paper)", {**_CPG, **_REMOP}),
+})
+BEYOND_PAPER = BEYOND_PAPER + ("metaexpert", "cpg", "remop_cpg")
 #: the methods of the paper's tables
 PAPER_METHODS = tuple(m for m in METHODS if m not in BEYOND_PAPER)
 #: the tables whose settings the methods beyond the paper get cells in
@@ -120,8 +133,8 @@ _USB_EPOCHS, _USB_ITERS = 256, 262144
 def schedule_keys(method: str, epochs: int, iters: int) -> dict:
     """The keys of ``method`` that depend on the length of training, for a run of ``epochs`` x ``iters / epochs``:
     USB's defaults at the same fraction of training (DARP refines after 200 of 256 epochs, TRAS's head after 10,
-    DASO blends after 5,120 of 262,144 iterations and recounts every 100, or as often as it blends after), and CReST's 6 generations sharing the run's
-    iterations (whole epochs each)."""
+    DASO blends after 5,120 of 262,144 iterations and recounts every 100, or as often as it blends after), CReST's 6 generations sharing the run's
+    iterations (whole epochs each), and CPG's warm-up (30 of the authors' 256 epochs)."""
     base = method.replace("_plus", "")
     if base == "darp":
         return {"darp_warmup_epochs": round(epochs * 200 / _USB_EPOCHS)}
@@ -133,6 +146,8 @@ def schedule_keys(method: str, epochs: int, iters: int) -> dict:
     if base == "crest":
         per_epoch, gens = iters // epochs, 6
         return {"crest_num_gens": gens, "epoch": epochs // gens, "num_train_iter": epochs // gens * per_epoch}
+    if method in ("cpg", "remop_cpg"):  # the authors' CPG warm-up: 30 of their 256 epochs
+        return {"cpg_warmup_epochs": round(epochs * 30 / _USB_EPOCHS)}
     return {}
 
 # -- datasets and settings -------------------------------------------------------------------------------------
@@ -259,6 +274,18 @@ _COMMENTS.update({
     "daso_num_pretrain_iter": "FixMatch alone until this step, then DASO's blend (USB: 5120)",
     "daso_num_pl_dist_iter": "pseudo-label distribution re-counted every this many steps (< the above)",
     "tras_warmup_epochs": "epochs before TRAS's auxiliary head trains and predicts (USB: 10)",
+})
+_COMMENTS.update({
+    "metaexpert_aggregate": "hard: the expert of the most likely interval (paper) | soft: weighted logits (authors')",
+    "metaexpert_dea_input": "logits: [v, z_1, z_2, z_3] (paper) | adjusted_probs: softmax(z + tau log pi) (authors')",
+    "metaexpert_fusion": "multi_depth: v fuses layer1-3 and the final feature (MFF) | last",
+    "metaexpert_dea_mask": "the DEA's side pseudo-labels thresholded at p_cutoff (False: authors')",
+    "metaexpert_class_balanced": "effective-number weights in the labeled meta losses (authors')",
+    "metaexpert_start_epoch": "the DEA's and meta-expert's losses from this epoch (0-based; authors': 2)",
+    "cpg_warmup_epochs": "epochs before the filter and CAA start (authors: 30 of 256)",
+    "cpg_admission": "step: each epoch's latest filter outcomes make S | vote: the authors' window",
+    "cpg_label_smoothing": "targets 1 - s / s (K - 1) (authors: 0.1)",
+    "cpg_caa_copies": "CAA: m_c = floor(this * n_ref / n_c) noisy feature copies of each labeled row",
 })
 #: the comment on ``epoch`` where a preset sets the iterations per epoch (no num_train_iter in the file)
 _EPOCH_OF_PRESET = "x num_iter_per_epoch iterations (1,000: Sec. 5.2; remop_preset official: 800)"

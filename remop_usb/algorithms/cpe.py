@@ -106,55 +106,45 @@ class ExpertsNet(BackboneWrapper):
         return out
 
 
-@IMB_ALGORITHMS.register("cpe")
-class CPE(ImbAlgorithmBase):
-    """Complementary experts with class-wise BN (CPE) in FixMatch's setting; see the module docstring."""
+def check_expert_arguments(args, who: str):
+    """The keys the three experts read (hard labels; 0 < cpe_cut1 <= cpe_cut2 < num_classes), refused in one line
+    naming ``who`` (the algorithm whose experts they are)."""
+    if not args.hard_label:
+        raise UserError(f"{who} uses hard pseudo-labels; set hard_label: True")
+    if not 0 < args.cpe_cut1 <= args.cpe_cut2 < args.num_classes:
+        raise UserError(f"cpe_cut1 ({args.cpe_cut1}) and cpe_cut2 ({args.cpe_cut2}) must satisfy "
+                        f"0 < cut1 <= cut2 < num_classes ({args.num_classes})")
 
-    CHOICES = {"cpe_test_expert": EXPERTS}
-    RANGES = {
-        "cpe_tau_long_tailed": ">= 0",
-        "cpe_tau_uniform": ">= 0",
-        "cpe_tau_inverse": ">= 0",
-        "cpe_cut1": ">= 1",  # and cut1 <= cut2 < num_classes (checked when the algorithm is built)
-        "cpe_cut2": ">= 1",
-    }
 
-    def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
-        require_base_algorithm(args, "cpe", ("fixmatch",))
-        self.imb_init(args)
-        super().__init__(args, net_builder, tb_log, logger, **kwargs)
+class ComplementaryExperts:
+    """CPE's three experts as a mixin: the settings (:meth:`init_experts`), the network (:meth:`experts_net`), the
+    forward pass over a step's three batches and each expert's labeled and unlabeled loss. Used by CPE and by
+    Meta-Expert (:mod:`.metaexpert`), whose experts are CPE's."""
+
+    def init_experts(self, args):
+        """Read the experts' keys (after :func:`check_expert_arguments`); before the models exist."""
+        self.taus = (float(args.cpe_tau_long_tailed), float(args.cpe_tau_uniform), float(args.cpe_tau_inverse))
+        self.classwise_bn = bool(args.cpe_classwise_bn)
+        self.cut1, self.cut2 = int(args.cpe_cut1), int(args.cpe_cut2)
+
+    def init_expert_priors(self):
+        """log pi, each expert's logit adjustment and the frequency ranks, from the labeled split."""
         counts = labeled_class_counts(self.dataset_dict["train_lb"].targets, self.num_classes)
         self.log_pi = log_prior(counts)
         self.adjustments = torch.stack([logit_adjustment(self.log_pi, tau) for tau in self.taus])  # experts x K
         self.ranks = frequency_ranks(counts)
         self.cuts = (0, self.cut1, self.cut2) if self.classwise_bn else (0,)
-        self.model, self.ema_model = self._convert(self.model), self._convert(self.ema_model)
-        self.ema_model.load_state_dict(self.model.state_dict())
-        self.optimizer, self.scheduler = self.set_optimizer()
-        self.prediction_heads = tuple((name, EXPERT_KEYS[name]) for name in self._head_order())
+        return counts
 
-    def imb_init(self, args):
-        if not args.hard_label:
-            raise UserError("cpe uses hard pseudo-labels; set hard_label: True")
-        if not 0 < args.cpe_cut1 <= args.cpe_cut2 < args.num_classes:
-            raise UserError(f"cpe_cut1 ({args.cpe_cut1}) and cpe_cut2 ({args.cpe_cut2}) must satisfy "
-                            f"0 < cut1 <= cut2 < num_classes ({args.num_classes})")
-        self.taus = (float(args.cpe_tau_long_tailed), float(args.cpe_tau_uniform), float(args.cpe_tau_inverse))
-        self.classwise_bn = bool(args.cpe_classwise_bn)
-        self.cut1, self.cut2 = int(args.cpe_cut1), int(args.cpe_cut2)
-        self.test_expert = args.cpe_test_expert
-
-    def _convert(self, net):
+    def experts_net(self, net):
+        """``net`` with the two extra experts' heads (and, with class-wise BN, the BN branches)."""
         return ExpertsNet(add_classwise_bn(net) if self.classwise_bn else net, self.num_classes)
 
-    def _head_order(self):
-        return (self.test_expert,) + tuple(name for name in EXPERTS if name != self.test_expert)
-
-    def forward_views(self, x_lb, x_ulb_w, x_ulb_s):
+    def forward_views(self, x_lb, x_ulb_w, x_ulb_s, keys=("branch_logits", "feat")):
         """Model outputs for the labeled, weak and strong batches: one concatenated pass (use_cat) or three."""
         # without use_cat, FixMatch's order: labeled, strong, then the weak view without gradient
-        return forward_batches(self.model, (x_lb, x_ulb_w, x_ulb_s), self.use_cat, ("branch_logits", "feat"),
-                               order=(0, 2, 1), no_grad=(1,))
+        return forward_batches(self.model, (x_lb, x_ulb_w, x_ulb_s), self.use_cat, keys, order=(0, 2, 1),
+                               no_grad=(1,))
 
     def expert_losses(self, e, lb_branch, y_lb, w_branch, s_branch):
         """(supervised loss, unlabeled loss, N x B branch mask) of expert ``e``; inputs are N x B x K."""
@@ -167,32 +157,31 @@ class CPE(ImbAlgorithmBase):
             pseudo_labels.record(self, "pl", pseudo, masks[:, 0])
         return sup, branch_consistency_loss(s_branch, pseudo, masks), masks
 
-    def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
-        with self.amp_cm():
-            out_lb, out_w, out_s = self.forward_views(x_lb, x_ulb_w, x_ulb_s)
-            device = out_lb["branch_logits"].device  # moved once, then kept there (no copy per step)
-            self.adjustments, self.ranks = self.adjustments.to(device), self.ranks.to(device)
-            total, stats = 0.0, []
-            for e, name in enumerate(EXPERTS):
-                sup, unsup, masks = self.expert_losses(e, out_lb["branch_logits"][:, e], y_lb,
-                                                       out_w["branch_logits"][:, e], out_s["branch_logits"][:, e])
-                total = total + sup + self.lambda_u * unsup
-                stats += [sup, unsup, masks[:, 0].mean()]
-        feat = {"x_lb": out_lb["feat"], "x_ulb_w": out_w["feat"], "x_ulb_s": out_s["feat"]}
-        out_dict = self.process_out_dict(loss=total, feat=feat)
-        # every logged number in one device-to-host copy (float64 holds each loss's value exactly)
-        *values, total_value = torch.stack([t.detach().double() for t in stats + [total]]).tolist()
-        log = {name: tuple(values[3 * e:3 * e + 3]) for e, name in enumerate(EXPERTS)}
-        sup, unsup, mask = log[self.test_expert]
-        log_dict = self.process_log_dict(sup_loss=sup, unsup_loss=unsup, total_loss=total_value, util_ratio=mask)
-        for name, (sup, unsup, mask) in log.items():
-            log_dict[f"train/cpe_{name}_sup_loss"] = sup
-            log_dict[f"train/cpe_{name}_unsup_loss"] = unsup
-            log_dict[f"train/cpe_{name}_mask"] = mask
-        return out_dict, log_dict
+    def experts_loss(self, out_lb, y_lb, out_w, out_s):
+        """(sum over experts of L_s^e + ulb_loss_ratio * L_u^e, [L_s^e, L_u^e, head-branch mask] per expert)."""
+        device = out_lb["branch_logits"].device  # moved once, then kept there (no copy per step)
+        self.adjustments, self.ranks = self.adjustments.to(device), self.ranks.to(device)
+        total, stats = 0.0, []
+        for e in range(len(EXPERTS)):
+            sup, unsup, masks = self.expert_losses(e, out_lb["branch_logits"][:, e], y_lb,
+                                                   out_w["branch_logits"][:, e], out_s["branch_logits"][:, e])
+            total = total + sup + self.lambda_u * unsup
+            stats += [sup, unsup, masks[:, 0].mean()]
+        return total, stats
 
     @staticmethod
-    def get_argument():
+    def expert_log(values, log_dict, prefix="cpe"):
+        """Each expert's losses and head-branch mask (``values``: 3 per expert, as floats) into ``log_dict``; the
+        (sup, unsup, mask) of each expert, by name."""
+        log = {name: tuple(values[3 * e:3 * e + 3]) for e, name in enumerate(EXPERTS)}
+        for name, (sup, unsup, mask) in log.items():
+            log_dict[f"train/{prefix}_{name}_sup_loss"] = sup
+            log_dict[f"train/{prefix}_{name}_unsup_loss"] = unsup
+            log_dict[f"train/{prefix}_{name}_mask"] = mask
+        return log
+
+    @staticmethod
+    def expert_arguments():
         return [
             SSL_Argument("--cpe_tau_long_tailed", float, 0.0, "logit-adjustment strength of the long-tailed expert"),
             SSL_Argument("--cpe_tau_uniform", float, 2.0, "logit-adjustment strength of the uniform expert"),
@@ -200,5 +189,58 @@ class CPE(ImbAlgorithmBase):
             SSL_Argument("--cpe_classwise_bn", str2bool, True, "three class-wise BN branches (net resnet18_fer)"),
             SSL_Argument("--cpe_cut1", int, 2, "frequency rank from which pseudo-labels train the medium BN branch"),
             SSL_Argument("--cpe_cut2", int, 4, "frequency rank from which pseudo-labels train the tail BN branch"),
+        ]
+
+    EXPERT_RANGES = {
+        "cpe_tau_long_tailed": ">= 0",
+        "cpe_tau_uniform": ">= 0",
+        "cpe_tau_inverse": ">= 0",
+        "cpe_cut1": ">= 1",  # and cut1 <= cut2 < num_classes (checked when the algorithm is built)
+        "cpe_cut2": ">= 1",
+    }
+
+
+@IMB_ALGORITHMS.register("cpe")
+class CPE(ComplementaryExperts, ImbAlgorithmBase):
+    """Complementary experts with class-wise BN (CPE) in FixMatch's setting; see the module docstring."""
+
+    CHOICES = {"cpe_test_expert": EXPERTS}
+    RANGES = ComplementaryExperts.EXPERT_RANGES
+
+    def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
+        require_base_algorithm(args, "cpe", ("fixmatch",))
+        self.imb_init(args)
+        super().__init__(args, net_builder, tb_log, logger, **kwargs)
+        self.init_expert_priors()
+        self.model, self.ema_model = self.experts_net(self.model), self.experts_net(self.ema_model)
+        self.ema_model.load_state_dict(self.model.state_dict())
+        self.optimizer, self.scheduler = self.set_optimizer()
+        self.prediction_heads = tuple((name, EXPERT_KEYS[name]) for name in self._head_order())
+
+    def imb_init(self, args):
+        check_expert_arguments(args, "cpe")
+        self.init_experts(args)
+        self.test_expert = args.cpe_test_expert
+
+    def _head_order(self):
+        return (self.test_expert,) + tuple(name for name in EXPERTS if name != self.test_expert)
+
+    def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
+        with self.amp_cm():
+            out_lb, out_w, out_s = self.forward_views(x_lb, x_ulb_w, x_ulb_s)
+            total, stats = self.experts_loss(out_lb, y_lb, out_w, out_s)
+        feat = {"x_lb": out_lb["feat"], "x_ulb_w": out_w["feat"], "x_ulb_s": out_s["feat"]}
+        out_dict = self.process_out_dict(loss=total, feat=feat)
+        # every logged number in one device-to-host copy (float64 holds each loss's value exactly)
+        *values, total_value = torch.stack([t.detach().double() for t in stats + [total]]).tolist()
+        log_dict = {}
+        sup, unsup, mask = self.expert_log(values, log_dict)[self.test_expert]
+        log_dict = {**self.process_log_dict(sup_loss=sup, unsup_loss=unsup, total_loss=total_value,
+                                            util_ratio=mask), **log_dict}
+        return out_dict, log_dict
+
+    @staticmethod
+    def get_argument():
+        return ComplementaryExperts.expert_arguments() + [
             SSL_Argument("--cpe_test_expert", str, "uniform", f"expert used at test time: {' | '.join(EXPERTS)}"),
         ]

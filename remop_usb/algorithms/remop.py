@@ -299,6 +299,9 @@ class ReMoP(ImbAlgorithmBase):
         self.optimizer, self.scheduler = self.set_optimizer()
 
     def imb_init(self, args):
+        refused = getattr(self, "REMOP_REFUSED", None)  # a learner ReMoP cannot wrap says why (Meta-Expert)
+        if refused:
+            raise UserError(f"imb_algorithm 'remop' on algorithm '{args.algorithm}' is refused: {refused}")
         self.beta = args.remop_beta
         self.tau = args.remop_p_cutoff
         self.lambda_center = args.remop_lambda_center

@@ -19,14 +19,16 @@ import torchvision
 
 from remop_usb.errors import UserError
 
-__all__ = ["ResNet18FER", "resnet18_fer", "load_face_checkpoint", "add_classwise_bn", "TRUNK_MODULES",
-           "CLASSWISE_BN_BRANCHES"]
+__all__ = ["ResNet18FER", "resnet18_fer", "load_face_checkpoint", "add_classwise_bn", "add_depth_features",
+           "TRUNK_MODULES", "CLASSWISE_BN_BRANCHES", "DEPTH_STAGES"]
 
 # torchvision resnet18 children that make up the trunk, in forward order (its ``fc`` is not used).
 TRUNK_MODULES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
 
 #: the class-wise BatchNorm branches of CPE (Ma et al., AAAI 2024), in this order: ``branch_bn.0`` .. ``.2``
 CLASSWISE_BN_BRANCHES = ("head", "medium", "tail")
+#: the stages whose pooled outputs ``'depth_feat'`` holds (:func:`add_depth_features`), shallowest first
+DEPTH_STAGES = ("layer1", "layer2", "layer3")
 
 
 class ResNet18FER(nn.Module):
@@ -48,7 +50,9 @@ class ResNet18FER(nn.Module):
     parallel ``BatchNorm2d`` branches (``branch_bn.0/1/2``: head, medium, tail; CPE's class-wise BN) before pooling
     and dropout; the output gains ``'branch_feat'`` ``(N, 3, 512)`` (before dropout), ``'feat'`` is the mean of the
     branch features and ``'logits'`` the head of that mean. The default model has no such
-    module: its forward pass and state_dict keys are unchanged.
+    module: its forward pass and state_dict keys are unchanged. After :func:`add_depth_features` the output also
+    holds ``'depth_feat'``: the average-pooled outputs of :data:`DEPTH_STAGES` (64, 128 and 256 channels), the
+    shallower depths Meta-Expert's feature fusion reads (no parameter added).
 
     Args:
         num_classes: number of expression classes.
@@ -69,15 +73,18 @@ class ResNet18FER(nn.Module):
         self.dropout = nn.Dropout(p=float(dropout))
         self.classifier = nn.Linear(self.num_features, num_classes)
         self.branch_bn = None  # CPE's class-wise BN branches (an nn.ModuleList) when enabled
+        self.depth_features = False  # also return the pooled outputs of DEPTH_STAGES (add_depth_features)
         if classwise_bn:
             add_classwise_bn(self)
 
-    def extract(self, x):
-        """Trunk up to layer4: ``(N, 3, H, W) -> (N, 512, h, w)``."""
+    def extract(self, x, stages=None):
+        """Trunk up to layer4: ``(N, 3, H, W) -> (N, 512, h, w)``; the output of each stage named in ``stages`` is
+        appended to that list on the way."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
+        for name in ("layer1", "layer2", "layer3"):
+            x = getattr(self, name)(x)
+            if stages is not None and name in DEPTH_STAGES:
+                stages.append(x)
         return self.layer4(x)
 
     def forward(self, x, only_fc=False, only_feat=False, **kwargs):
@@ -92,7 +99,8 @@ class ResNet18FER(nn.Module):
         """
         if only_fc:
             return self.linear_head(x)["logits"]
-        fmap = self.extract(x)
+        stages = [] if self.depth_features else None
+        fmap = self.extract(x, stages)
         branch_feat = None
         if self.branch_bn is None:
             feat = self._pool(fmap)
@@ -104,6 +112,8 @@ class ResNet18FER(nn.Module):
         out = {**self.linear_head(feat), "feat": feat}
         if branch_feat is not None:
             out["branch_feat"] = branch_feat
+        if stages is not None:
+            out["depth_feat"] = [self._pool(stage) for stage in stages]
         return out
 
     def linear_head(self, feat):
@@ -147,6 +157,15 @@ def add_classwise_bn(model: ResNet18FER) -> ResNet18FER:
         ref = model.classifier.weight
         model.branch_bn = nn.ModuleList(nn.BatchNorm2d(model.num_features) for _ in CLASSWISE_BN_BRANCHES)
         model.branch_bn.to(device=ref.device).train(model.training)
+    return model
+
+
+def add_depth_features(model: ResNet18FER) -> ResNet18FER:
+    """Make ``model`` also return ``'depth_feat'``, the pooled outputs of :data:`DEPTH_STAGES` (in place; the
+    features Meta-Expert's multi-depth fusion reads). Adds no parameter: state_dict keys are unchanged."""
+    if not isinstance(model, ResNet18FER):
+        raise UserError(f"multi-depth features are implemented for net resnet18_fer, not {type(model).__name__}")
+    model.depth_features = True
     return model
 
 
