@@ -107,6 +107,21 @@ _USB_IMB = {
 METHODS.update({name.replace("+", "_plus"): (title, {**_FIXMATCH, "imb_algorithm": name, **keys})
                 for name, (title, keys) in _USB_IMB.items()})
 BEYOND_PAPER = BEYOND_PAPER + tuple(name.replace("+", "_plus") for name in _USB_IMB)
+# BaCon (FixMatch w/ ABC w/ BaCon) and ADELLO (FixMatch w/ FlexDA and CCR), each alone and with ReMoP on top
+_BACON = {"algorithm": "bacon", "p_cutoff": 0.95, "T": 0.5, "hard_label": True, "bacon_abc_p_cutoff": 0.95,
+          "bacon_abc_loss_ratio": 1.0, "bacon_p_cutoff": 0.98, "bacon_count_p_cutoff": 0.95, "bacon_topk": 3,
+          "bacon_tau": 0.1, "bacon_tau_eps": 0.005, "bacon_loss_ratio": 1.0, "bacon_negatives": "sum",
+          "bacon_centers": "stored"}
+_ADELLO = {"algorithm": "adello", "p_cutoff": 0.95, "T": 0.5, "hard_label": True, "adello_alpha_min": 0.1,
+           "adello_k": 2.0, "adello_ema_p": 0.999, "adello_lambda_distill": 1.0, "adello_distill_start": 0.19,
+           "adello_distill_temperature": "imbalance"}
+METHODS.update({
+    "bacon": ("FixMatch w/ ABC w/ BaCon (Feng et al., 2024)", {**_BACON, "imb_algorithm": None}),
+    "remop_bacon": ("BaCon w/ ReMoP (beyond the paper)", {**_BACON, **_REMOP}),
+    "adello": ("ADELLO (Sanchez Aimar et al., 2024)", {**_ADELLO, "imb_algorithm": None}),
+    "remop_adello": ("ADELLO w/ ReMoP (beyond the paper)", {**_ADELLO, **_REMOP}),
+})
+BEYOND_PAPER = BEYOND_PAPER + ("bacon", "remop_bacon", "adello", "remop_adello")
 # Meta-Expert (CPE's experts and a meta-expert assigning one per sample; ReMoP refused) and CPG (the labeled set grows by
 # filtered pseudo-labels), CPG also with ReMoP on top
 _METAEXPERT = {**_FIXMATCH, "algorithm": "metaexpert", **{k: v for k, v in METHODS["cpe"][1].items()
@@ -266,6 +281,21 @@ DEMO_METHOD_KEYS.update({"crest": {"crest_num_gens": 2, "num_train_iter": 200},
                          "crest_plus": {"crest_num_gens": 2, "num_train_iter": 200},
                          "darp": {"darp_warmup_epochs": 1}, "tras": {"tras_warmup_epochs": 1},
                          "daso": {"daso_num_pretrain_iter": 100, "daso_num_pl_dist_iter": 20}})
+# ADELLO: the demo's 400 steps estimate the unlabeled prior over ~100 steps (0.999: ~1,000, past the run's end)
+DEMO_METHOD_KEYS.update({"adello": {"adello_ema_p": 0.99}, "remop_adello": {"adello_ema_p": 0.99}})
+_COMMENTS.update({
+    "bacon_abc_p_cutoff": "ABC's auxiliary balanced head: its pseudo-labels' threshold (the test-time head)",
+    "bacon_p_cutoff": "auxiliary-head confidence of a contrastive anchor and of a feature the bank stores",
+    "bacon_count_p_cutoff": "... of an unlabeled image counted in the balanced temperatures' class counts",
+    "bacon_topk": "reliable negatives: unlabeled images whose top-k predictions leave the anchor's class out",
+    "bacon_tau_eps": "tau_k = tau (1 - eps (1 - t/T)^2 sqrt(n_k / n_max))",
+    "bacon_negatives": "sum (paper) | scaled_mean: 64 x their mean (authors' port)",
+    "bacon_centers": "stored (paper) | official: the authors' port's bank rows",
+    "adello_alpha_min": "FlexDA: Q_t = P_u^alpha_t normalised, alpha_t = 1 - (1 - alpha_min) (t/T)^k",
+    "adello_ema_p": "EMA momentum of the estimated unlabeled prior P_u",
+    "adello_distill_start": "CCR (distillation of the images the mask leaves out) from this fraction of training",
+    "adello_distill_temperature": "imbalance: exp(KL(uniform || P_u)) when CCR starts (paper) | one (released)",
+})
 _COMMENTS.update({
     "crest_num_gens": "generations, each num_train_iter steps from the initial weights (USB: 6)",
     "crest_pro_dist_align": "CReST+: progressive distribution alignment of the pseudo-labels",
