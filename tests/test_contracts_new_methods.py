@@ -1,7 +1,9 @@
-"""Method contracts of ACR and CDMAD, alone and with ReMoP on top (tests/test_contracts.py's regime and floors): each
-trains :data:`~test_contracts.ITERATIONS` steps from the stand-in backbone on the synthetic RAF-DB, and the
-pseudo-labels its unsupervised loss trains on (``pl``) -- and with ReMoP, ReMoP's own confident rows (``remop``) --
-engage (mask >= MASK_FLOOR) and are right (accuracy >= ACC_FLOOR) over the second half of the run.
+"""Method contracts of ACR, CDMAD and CPG, alone and with ReMoP on top, and of Meta-Expert (tests/test_contracts.py's
+regime and floors): each trains :data:`~test_contracts.ITERATIONS` steps from the stand-in backbone on the synthetic
+RAF-DB, and the pseudo-labels its unsupervised loss trains on (``pl``; CPG: those its filter admits into the labeled
+set; Meta-Expert: its long-tailed expert's, and the meta-expert's own as ``metaexpert``) -- and with ReMoP, ReMoP's
+own confident rows (``remop``) -- engage (mask >= MASK_FLOOR) and are right (accuracy >= ACC_FLOOR) over the second
+half of the run. CPG's labeled set has grown by then (its first epoch's admissions).
 
 ACR's adaptive strength engages too: the demo estimates the unlabeled distribution from the second epoch on, so by
 the end of the run tau has been set from the anchor distances (it starts at tau_max = 2, and a softmax over three
@@ -18,6 +20,11 @@ CONTRACTS = {
     "config/demo/cdmad.yaml": ("pl",),
     "config/demo/remop_acr.yaml": ("pl", "remop"),
     "config/demo/remop_cdmad.yaml": ("pl", "remop"),
+    # Meta-Expert: its long-tailed expert's pseudo-labels (``pl``, as CPE's) and the meta-expert's (``metaexpert``)
+    "config/demo/metaexpert.yaml": ("pl", "metaexpert"),
+    # CPG: ``pl`` is what its filter admits into the labeled set (from epoch 1 on, the labeled batches draw them)
+    "config/demo/cpg.yaml": ("pl",),
+    "config/demo/remop_cpg.yaml": ("pl", "remop"),
 }
 
 
@@ -29,6 +36,8 @@ def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract
     for source, fig in figures.items():
         assert fig["mask"] >= MASK_FLOOR, (source, fig)
         assert fig["acc"] is not None and fig["acc"] >= ACC_FLOOR, (source, fig)
+    if "cpg" in config:  # the labeled set grew by the admitted images (the split labels 56)
+        assert len(algorithm.dataset_dict["train_lb"]) > 56 and int((algorithm.labeled_set.status >= 0).sum()) > 0
     if "acr" in config:
         hook = algorithm.hooks_dict["ACRTauHook"]
         assert hook.tau < algorithm.args.acr_tau1, hook.tau

@@ -148,6 +148,19 @@ def cut_unlabeled_center_rows(algorithm):
     return mock.patch.object(module, "center_loss", broken)
 
 
+def both(*breakers):
+    """Breaker: every one of ``breakers`` installed together (a term whose loss is computed in several places)."""
+
+    @contextlib.contextmanager
+    def install(algorithm):
+        with contextlib.ExitStack() as stack:
+            for breaker in breakers:
+                stack.enter_context(breaker(algorithm))
+            yield
+
+    return install
+
+
 def times(factor):
     """Setting value: the loss callable with its result multiplied by ``factor`` (a weight the code lacks)."""
     return lambda loss: lambda *args, **kwargs: factor * loss(*args, **kwargs)
@@ -179,6 +192,12 @@ FREEMATCH_ENTROPY = Term("entropy", (Setting("lambda_e", 0.0, "ent_loss_ratio: F
 ADACM_CE = Term("ce", (Setting("lambda_u", 0.0, "ulb_loss_ratio: subset I's CE"),), cut("consistency_loss"))
 ADACM_NTXENT = Term("ntxent", (Setting("contrast_weight", 0.0, "adacm_contrast_weight: subset II's NT-Xent"),),
                     cut("nt_xent", module="remop_usb.algorithms.adacm"))
+METAEXPERT_CE = Term("ce", (Setting("lambda_u", 0.0, "ulb_loss_ratio: weighs the experts' unlabeled losses and the "
+                                                    "DEA's and meta-expert's"),),
+                     both(cut("expert_losses", index=1), cut("meta_unlabeled_loss", index=0)))
+CPG_AUX = Term("aux", (Setting("lambda_u", 0.0, "ulb_loss_ratio: the auxiliary head's CE on every unlabeled image (the "
+                                                "filter's admissions join the labeled set at the epoch's end)"),),
+               cut("auxiliary_losses", index=1))
 REMOP_CENTERS = Term("centers", (Setting("tau", SHUT, "no weight of its own (lambda1 also weighs the labeled rows): "
                                                      "remop_p_cutoff shut, no unlabeled row"),),
                      cut_unlabeled_center_rows)
@@ -217,6 +236,8 @@ ROWS = (
                                                       "until mid-run): every energy passes"),)),
     plain("cpe", terms=(CPE_CE,)),
     plain("acr", terms=(ACR_CE,)),
+    plain("metaexpert", terms=(METAEXPERT_CE,), masks={"pl": 1.0, "metaexpert": 1.0}),
+    plain("cpg", (), terms=(CPG_AUX,), masks={"cpg_aux": 1.0}),
     plain("abc", (P_ACCEPT, Setting("abc_p_cutoff", ACCEPT, "tau of ABC's balanced head")),
           terms=(UNLABELED_CE, ABC_UNLABELED)),
     plain("daso", (P_ACCEPT, Setting("num_pretrain_iter", 1, "DASO's assignment loss from step 0 (demo: 100)")),
@@ -238,6 +259,7 @@ ROWS = (
     remop("remop_cdmad"),
     remop("remop_simpro"),
     remop("remop_acr", terms=(ACR_CE,)),
+    remop("remop_cpg", (), terms=(CPG_AUX,), masks={"cpg_aux": 1.0, "remop": 1.0}),
     remop("remop_adacm", (margins(ACCEPT_MIXTURE),), terms=(ADACM_CE,), variant="subset_I"),
     remop("remop_adacm", (margins(SHUT),), terms=(ADACM_NTXENT,), masks={"pl": 0.0, "remop": 1.0},
           variant="subset_II"),

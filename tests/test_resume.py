@@ -126,6 +126,37 @@ def test_a_run_killed_after_an_epochs_last_step_still_runs_that_epochs_hooks(tin
     assert results == ref_results
 
 
+#: methods with state beyond the weights, killed and resumed as above: demo config -> keys putting their mechanism on
+#: both sides of the checkpoint (step 3 of epoch 0). Meta-Expert: its DEA and fusion train from step 0 (weights
+#: only); CPG at p_cutoff 0: its filter admits images in steps 0-3, the resumed run commits them at the end of epoch 0
+#: (the pending outcomes come from the checkpoint) and epoch 1 draws labeled batches from the grown set
+METHODS = {"metaexpert": {}, "cpg": {"p_cutoff": 0.0}}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_killed_method_resumes_bit_identical(method, tiny_rafdb, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    extra = dict(config=f"config/demo/{method}.yaml", **METHODS[method])
+    _run_to_end(_argv(tiny_rafdb, whole, 0, **extra), tmp_path / "whole.out")
+    resumed_from = _kill_after_first_checkpoint(_argv(tiny_rafdb, killed, 0, **extra), killed / "run",
+                                                tmp_path / "killed.out")
+    assert 0 < resumed_from < ITERS // EPOCHS  # mid epoch 0
+    _run_to_end(_argv(tiny_rafdb, killed, 0, resume=True, **extra), tmp_path / "resumed.out")
+
+    (ref_ckpt, ref_results), (ckpt, results) = _final(whole / "run"), _final(killed / "run")
+    for part in ("model", "ema_model"):
+        _assert_same_tensors(ref_ckpt[part], ckpt[part], part)
+    ref_hooks, hooks = ref_ckpt["remop_resume"]["hooks"], ckpt["remop_resume"]["hooks"]
+    assert ref_hooks.keys() == hooks.keys()
+    for name in ref_hooks:
+        for attr, value in ref_hooks[name].items():
+            same = torch.equal(value, hooks[name][attr]) if torch.is_tensor(value) else value == hooks[name][attr]
+            assert same, f"hook {name}: {attr} differs"
+    if method == "cpg":  # the labeled set grew, and the radii were measured
+        assert (hooks["CPGLabeledSetHook"]["status"] >= 0).any() and hooks["CPGLabeledSetHook"]["radii"] is not None
+    assert results == ref_results
+
+
 # -- SIGKILL inside atomic_save -------------------------------------------------------------------------------------
 
 _DYING_SAVER = r"""
