@@ -129,8 +129,12 @@ def test_a_run_killed_after_an_epochs_last_step_still_runs_that_epochs_hooks(tin
 #: methods with state beyond the weights, killed and resumed as above: demo config -> keys putting their mechanism on
 #: both sides of the checkpoint (step 3 of epoch 0). Meta-Expert: its DEA and fusion train from step 0 (weights
 #: only); CPG at p_cutoff 0: its filter admits images in steps 0-3, the resumed run commits them at the end of epoch 0
-#: (the pending outcomes come from the checkpoint) and epoch 1 draws labeled batches from the grown set
-METHODS = {"metaexpert": {}, "cpg": {"p_cutoff": 0.0}}
+#: (the pending outcomes come from the checkpoint) and epoch 1 draws labeled batches from the grown set. BaCon: its
+#: contrastive loss from step 0, every row reliable: its memory bank fills on both sides. ADELLO: CCR from step 0 (its
+#: temperature fixed at step 0, saved), the prior estimate moving fast (EMA 0.5)
+METHODS = {"metaexpert": {}, "cpg": {"p_cutoff": 0.0},
+           "bacon": {"bacon_start": 0.0, "bacon_p_cutoff": 0.0, "bacon_count_p_cutoff": 0.0},
+           "adello": {"adello_distill_start": 0.0, "adello_ema_p": 0.5}}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -154,6 +158,11 @@ def test_a_killed_method_resumes_bit_identical(method, tiny_rafdb, tmp_path):
             assert same, f"hook {name}: {attr} differs"
     if method == "cpg":  # the labeled set grew, and the radii were measured
         assert (hooks["CPGLabeledSetHook"]["status"] >= 0).any() and hooks["CPGLabeledSetHook"]["radii"] is not None
+    if method == "bacon":  # the bank stored features (and the checkpoint, before step 3, some of them)
+        assert (hooks["BaConBank"]["stored_labels"] >= 0).any()
+    if method == "adello":  # the estimate left uniform, and CCR's temperature was fixed
+        prior = hooks["ADELLOPriorHook"]
+        assert prior["distill_temperature"] is not None and prior["p_u"].std() > 0
     assert results == ref_results
 
 
