@@ -198,6 +198,28 @@ METAEXPERT_CE = Term("ce", (Setting("lambda_u", 0.0, "ulb_loss_ratio: weighs the
 CPG_AUX = Term("aux", (Setting("lambda_u", 0.0, "ulb_loss_ratio: the auxiliary head's CE on every unlabeled image (the "
                                                 "filter's admissions join the labeled set at the epoch's end)"),),
                cut("auxiliary_losses", index=1))
+BACON_ABC = Term("abc_ulb", (Setting("abc_p_cutoff", SHUT, "bacon_abc_p_cutoff: no weight of its own "
+                                                          "(bacon_abc_loss_ratio also weighs the labeled ABC loss): "
+                                                          "its mask shut"),),
+                 cut_argument("abc_loss", "logits_s"))
+BACON_CONTRAST = Term("contrast", (Setting("bacon_ratio", 0.0, "bacon_loss_ratio: the contrastive loss, whose "
+                                                               "anchors are the unlabeled rows alone (engage)"),),
+                      cut("bacon_loss", index=0))
+#: BaCon's settings beside its FixMatch tau: ABC's head and every unlabeled row an anchor from step 0, no labeled
+#: anchor (so the contrastive term is an unlabeled one: labeled rows join it as negatives only), and a bank whose
+#: rows are all stored, row r under class r mod 7: every class has a center
+BACON_ENGAGE = (
+    Setting("abc_p_cutoff", ACCEPT, "bacon_abc_p_cutoff: tau of ABC's auxiliary head"),
+    Setting("bacon_ulb_cutoff", ACCEPT, "bacon_p_cutoff for unlabeled rows: every one an anchor"),
+    Setting("bacon_lb_cutoff", SHUT, "bacon_p_cutoff for labeled rows: none an anchor"),
+    Setting("bacon_start", 0.0, "the contrastive loss from step 0 (demo: from a third of the run)"),
+    Setting("BaConBank.stored_labels", lambda labels: torch.arange(len(labels)) % 7,
+            "the bank's rows stored, row r under class r mod 7 (its features: the initial ones)"),
+)
+ADELLO_START = Setting("distill_start_iter", 0, "CCR from step 0 (demo: from 19% of the run)")
+ADELLO_SHUT = Setting("p_cutoff", SHUT, "no pseudo-label passes: CCR distils every unlabeled row")
+ADELLO_CCR = Term("ccr", (Setting("lambda_distill", 0.0, "adello_lambda_distill: CCR's distillation"),),
+                  cut("distillation_loss", module="remop_usb.algorithms.adello"))
 REMOP_CENTERS = Term("centers", (Setting("tau", SHUT, "no weight of its own (lambda1 also weighs the labeled rows): "
                                                      "remop_p_cutoff shut, no unlabeled row"),),
                      cut_unlabeled_center_rows)
@@ -238,6 +260,11 @@ ROWS = (
     plain("acr", terms=(ACR_CE,)),
     plain("metaexpert", terms=(METAEXPERT_CE,), masks={"pl": 1.0, "metaexpert": 1.0}),
     plain("cpg", (), terms=(CPG_AUX,), masks={"cpg_aux": 1.0}),
+    plain("bacon", (P_ACCEPT,) + BACON_ENGAGE, terms=(UNLABELED_CE, BACON_ABC, BACON_CONTRAST),
+          masks={"pl": 1.0, "abc": 1.0, "bacon": 1.0}),
+    # ADELLO's two unlabeled terms split the batch (the mask: FixMatch's CE; its complement: CCR), as Ada-CM's
+    plain("adello", (P_ACCEPT, ADELLO_START), variant="ce"),
+    plain("adello", (ADELLO_SHUT, ADELLO_START), terms=(ADELLO_CCR,), masks={"pl": 0.0, "ccr": 1.0}, variant="ccr"),
     plain("abc", (P_ACCEPT, Setting("abc_p_cutoff", ACCEPT, "tau of ABC's balanced head")),
           terms=(UNLABELED_CE, ABC_UNLABELED)),
     plain("daso", (P_ACCEPT, Setting("num_pretrain_iter", 1, "DASO's assignment loss from step 0 (demo: 100)")),
@@ -260,6 +287,11 @@ ROWS = (
     remop("remop_simpro"),
     remop("remop_acr", terms=(ACR_CE,)),
     remop("remop_cpg", (), terms=(CPG_AUX,), masks={"cpg_aux": 1.0, "remop": 1.0}),
+    remop("remop_bacon", (P_ACCEPT_MIXTURE,) + BACON_ENGAGE, terms=(UNLABELED_CE, BACON_ABC, BACON_CONTRAST),
+          masks={"pl": 1.0, "abc": 1.0, "bacon": 1.0, "remop": 1.0}),
+    remop("remop_adello", (P_ACCEPT_MIXTURE, ADELLO_START), variant="ce"),
+    remop("remop_adello", (ADELLO_SHUT, ADELLO_START), terms=(ADELLO_CCR,), masks={"pl": 0.0, "ccr": 1.0, "remop": 1.0},
+          variant="ccr"),
     remop("remop_adacm", (margins(ACCEPT_MIXTURE),), terms=(ADACM_CE,), variant="subset_I"),
     remop("remop_adacm", (margins(SHUT),), terms=(ADACM_NTXENT,), masks={"pl": 0.0, "remop": 1.0},
           variant="subset_II"),
