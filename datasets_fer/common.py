@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from remop_usb.errors import UserError
-from remop_usb.fileio import _umask, atomic_output
+from remop_usb.fileio import atomic_output, current_umask
 
 from .labels import CANONICAL
 
@@ -75,7 +75,7 @@ def count_or_none(text: str) -> Optional[int]:
     return int(s) if s.isascii() and s.isdigit() else None
 
 
-def _listing(folder: str) -> Optional[set]:
+def folder_listing(folder: str) -> Optional[set]:
     """Names in ``folder`` (one ``os.scandir``), or None if it is not a readable directory."""
     try:
         with os.scandir(folder) as it:
@@ -95,7 +95,7 @@ def check_files_exist(paths: Sequence[str], source: str, layout: str) -> None:
         by_folder[folder].append(name)
     missing: List[str] = []
     for folder in sorted(by_folder):
-        present = _listing(folder) or set()
+        present = folder_listing(folder) or set()
         missing.extend(folder + os.sep + n for n in by_folder[folder] if n not in present)
     if missing:
         raise UserError(f"{len(missing)} of {len(paths)} images listed in {source} are missing, e.g. "
@@ -159,7 +159,7 @@ class AtomicCacheDir:
         try:
             if exc_type is not None:
                 return False
-            os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+            os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
             if self.replace and os.path.lexists(self.target):
                 parent, name = os.path.split(self.target)
                 old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)

@@ -59,7 +59,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from datasets_fer.common import (AtomicCacheDir, _listing, check_data_dir, check_files_exist, count_or_none,
+from datasets_fer.common import (AtomicCacheDir, check_data_dir, check_files_exist, count_or_none, folder_listing,
                                  file_signature, read_lines, resolve_cache_dir, resolve_num_classes)
 from datasets_fer.index import FERIndex
 from datasets_fer.labels import FERPLUS_TO_CANONICAL
@@ -255,7 +255,7 @@ def _cache_is_complete(folder: str, names: Sequence[str], check_images: bool) ->
         return False
     if not check_images:
         return True
-    present = _listing(folder) or set()
+    present = folder_listing(folder) or set()
     return all(n in present for n in names)
 
 

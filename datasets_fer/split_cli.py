@@ -37,17 +37,17 @@ from remop_usb.errors import OneLineArgumentParser, UserError
 __all__ = ["main", "split_keys", "key_defaults", "dataset_split", "split_counts", "format_table"]
 
 
-#: the FER data keys of a run (:func:`remop_usb.config._add_fer_data_arguments`) that its split depends on; their
+#: the FER data keys of a run (:func:`datasets_fer.data_keys.add_arguments`) that its split depends on; their
 #: defaults are training's, read from its parser (:func:`key_defaults`)
 FER_DATA_KEYS = ("test_dataset", "test_data_dir", "ulb_dataset", "ulb_data_dir", "rafdb_image_dir", "cache_dir")
 
 
 @functools.lru_cache(maxsize=None)
 def _training_defaults() -> tuple:
-    from remop_usb.config import _add_fer_data_arguments  # imports USB: only once a split is drawn, not for --help
+    from .data_keys import add_arguments  # imports torchvision: only once a split is drawn, not for --help
 
     p = argparse.ArgumentParser(add_help=False)
-    _add_fer_data_arguments(p)
+    add_arguments(p)
     return tuple((key, p.get_default(key)) for key in FER_DATA_KEYS)
 
 
@@ -100,7 +100,7 @@ def split_keys(dataset, data_dir, num_labels, lb_imb_ratio, seed, **keys) -> arg
     """The keys :func:`datasets_fer.usb.draw_split` reads, as training's config has them (same defaults, checked
     as training checks them); ``keys``: any of :func:`key_defaults`."""
     from datasets_fer import usb
-    from remop_usb.config import _check_fer_data
+    from .data_keys import check
 
     defaults = key_defaults()
     unknown = sorted(set(keys) - set(defaults))
@@ -110,7 +110,7 @@ def split_keys(dataset, data_dir, num_labels, lb_imb_ratio, seed, **keys) -> arg
     args = argparse.Namespace(dataset=dataset, data_dir=data_dir, num_labels=num_labels, lb_imb_ratio=lb_imb_ratio,
                               seed=seed, eval_split="test", demo_data=False, **values)
     usb.check_registered(dataset)
-    _check_fer_data(args)
+    check(args)
     return args
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from remop_usb.errors import UserError
-from remop_usb.fileio import _umask
+from remop_usb.fileio import current_umask
 
 from . import affectnet, rafdb
 from .labels import CANONICAL, RAFDB_NAMES, RAFDB_TO_CANONICAL
@@ -505,7 +505,7 @@ class _AtomicDir:
             if exc_type is not None:
                 return False
             if not self.in_place:
-                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+                os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
                 try:
                     os.rename(tmp, t)
                 except OSError as err:

@@ -12,17 +12,16 @@ its key's range (:mod:`remop_usb.ranges`) is refused in one line naming where it
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import os
 
 from . import registry  # first: imports USB quietly
 from semilearn.algorithms.utils import str2bool  # noqa: E402  (USB's, so its algorithms' bool options match)
 
-from .errors import OneLineArgumentParser, UserError, where
+from .errors import OneLineArgumentParser, UserError, closest, where
 from .ranges import KEY_RANGES, violations
 from .usb_compat.optim import OPTIMIZERS, SCHEDULES
-from datasets_fer.transforms import CROP_PADDING_MODES  # noqa: E402
+from datasets_fer import data_keys  # noqa: E402
 
 DESCRIPTION = """Train a USB algorithm (optionally wrapped by an imbalanced algorithm such as ReMoP).
 Keys are USB's own names; give them in a YAML file with --c and/or as flags.
@@ -192,81 +191,6 @@ def _add_speed_arguments(p):
                    "kept under cache_dir/images")
 
 
-def _add_fer_data_arguments(p):
-    """FER data beyond one dataset: cross-dataset test, unlabeled pool, eval split, cache (datasets_fer.usb)."""
-    g = p.add_argument_group("FER data")
-    g.add_argument("--test_dataset", type=str, default="",
-                   help="[plugin] FER dataset whose test split becomes USB's test set (e.g. ckplus: train RAF-DB, "
-                        "test CK+), reported over the classes both share; '': none")
-    g.add_argument("--test_data_dir", type=str, default="", help="[plugin] folder of test_dataset")
-    g.add_argument("--ulb_dataset", type=str, default="",
-                   help="[plugin] FER dataset whose training images are the unlabeled pool instead of the rest of "
-                        "dataset's training split (e.g. affectnet); labels ignored; '': none")
-    g.add_argument("--ulb_data_dir", type=str, default="", help="[plugin] folder of ulb_dataset")
-    g.add_argument("--eval_split", type=str, default="test", choices=("test", "valid"),
-                   help="[plugin] dataset's split used as USB's eval (best-checkpoint selection): test (the paper) "
-                        "or valid (FERPlus)")
-    g.add_argument("--cache_dir", type=str, default="",
-                   help="[plugin] readers' conversions and the image-check cache; '': $REMOP_USB_CACHE, else "
-                        "~/.cache/remop-usb")
-    g.add_argument("--crop_prob", type=float, default=1.0,
-                   help="[plugin] probability of the weak (and strong) view's random crop after padding by "
-                   "img_size x (1 - crop_ratio) (the ReMoP authors' code: 0.5)")
-    g.add_argument("--crop_padding_mode", type=str, default="reflect", choices=CROP_PADDING_MODES,
-                   help="[plugin] padding of that crop: reflect (USB's) or constant (zeros: the ReMoP authors' code)")
-    g.add_argument("--rafdb_image_dir", type=str, default="aligned",
-                   help="[plugin] RAF-DB official layout: the images under basic/Image/ -- aligned (the "
-                        "<name>_aligned.jpg crops) or any other folder X holding basic/Image/X/<name>.jpg (e.g. "
-                        "remop-usb align's MTCNN crops of basic/Image/original)")
-
-
-def _fer_data_defaults() -> dict:
-    """{key: default} of the FER data arguments (:func:`_add_fer_data_arguments`)."""
-    p = argparse.ArgumentParser(add_help=False)
-    _add_fer_data_arguments(p)
-    return {a.dest: a.default for a in p._actions}
-
-
-def _check_fer_data(args):
-    """The FER data keys: registered names, folders given, and only with a FER dataset."""
-    from datasets_fer import FER_DATASETS
-
-    names = sorted(FER_DATASETS)
-    for name_key, dir_key in (("test_dataset", "test_data_dir"), ("ulb_dataset", "ulb_data_dir")):
-        name, folder = getattr(args, name_key), getattr(args, dir_key)
-        if name and name not in FER_DATASETS:
-            raise UserError(f"unknown {name_key} '{name}'{_closest(name, names)} registered FER datasets: "
-                            f"{', '.join(names)}")
-        if folder and not name:
-            raise UserError(f"{dir_key} is set ({folder}) but {name_key} is not; set {name_key} to one of "
-                            f"{', '.join(names)}")
-        if name and not folder and not args.demo_data:
-            raise UserError(f"{name_key}: {name} needs {dir_key}, the folder holding {name}")
-    defaults = _fer_data_defaults()
-    used = [k for k in ("test_dataset", "ulb_dataset", "eval_split", "cache_dir", "rafdb_image_dir", "crop_prob",
-                        "crop_padding_mode")
-            if getattr(args, k, defaults[k]) != defaults[k]]  # a split's keys (datasets_fer.split_cli) lack the crop
-    if used and args.dataset not in FER_DATASETS:
-        raise UserError(f"{', '.join(used)} apply to FER datasets only ({', '.join(names)}), not dataset "
-                        f"'{args.dataset}'")
-    roles = (args.dataset, args.test_dataset, args.ulb_dataset)
-    if args.rafdb_image_dir != defaults["rafdb_image_dir"] and "rafdb" not in roles:
-        raise UserError(f"rafdb_image_dir: {args.rafdb_image_dir} selects RAF-DB's image folder, but no dataset of "
-                        f"this run is rafdb (dataset, test_dataset, ulb_dataset: {', '.join(r or '-' for r in roles)})")
-    _check_ulb_distribution(args)
-
-
-def _check_ulb_distribution(args):
-    """ulb_num_labels / ulb_imb_ratio (datasets_fer.split.check_ulb_keys); a drawn unlabeled subset of the labeled
-    dataset's training images cannot be combined with an unlabeled pool (ulb_dataset), whose labels are ignored."""
-    from datasets_fer.split import check_ulb_keys
-
-    m1, _ = check_ulb_keys(getattr(args, "ulb_num_labels", None), getattr(args, "ulb_imb_ratio", 1))
-    if m1 is not None and args.ulb_dataset:
-        raise UserError(f"ulb_num_labels ({m1}) draws the unlabeled set from {args.dataset}'s training images, but "
-                        f"ulb_dataset ({args.ulb_dataset}) makes its training images the unlabeled pool; unset one")
-
-
 def _add_algorithm_arguments(p, cls, title):
     arguments = cls.get_argument() if hasattr(cls, "get_argument") else []
     if not arguments:
@@ -285,7 +209,7 @@ def build_parser(algorithm=None, imb_algorithm=None, suppress_defaults=False):
     _add_usb_arguments(p)
     _add_tracking_arguments(p)
     _add_speed_arguments(p)
-    _add_fer_data_arguments(p)
+    data_keys.add_arguments(p)
     p.add_argument("--plugins", nargs="*", default=[], help="[plugin] modules to import before building the "
                    "algorithm (they may register algorithms, nets, datasets)")
     if algorithm:
@@ -320,14 +244,14 @@ def read_yaml(path):
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of USB keys to values, got a {type(data).__name__}")
     lines = {k: data.lc.key(k)[0] + 1 for k in data}
-    return {str(k): _plain(v) for k, v in data.items()}, lines
+    return {str(k): to_plain(v) for k, v in data.items()}, lines
 
 
-def _plain(value):
+def to_plain(value):
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -379,12 +303,6 @@ def _choices_message(choices, value) -> str:
     return f"must be one of {', '.join(map(str, choices))}; got {value!r}"
 
 
-def _closest(key, valid, spell="'{}'".format):
-    """``; did you mean <the closest valid name, spelled>?``, or "" when none is close."""
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean {spell(match[0])}?" if match else ""
-
-
 def _owner_of(key):
     """'algorithm X' / 'imb_algorithm Y' when another registered algorithm declares ``key``."""
     for kind, names, get in (("algorithm", registry.algorithms(), registry.algorithm_class),
@@ -405,7 +323,7 @@ def _unknown_key(key, valid, origin, algorithm, imb, flag=False, hint=""):
     if owner:
         return UserError(f"{origin}: {noun} {spell(key)} is an option of {owner}, which this run does not use "
                          f"(algorithm: {algorithm}, imb_algorithm: {imb})")
-    return UserError(f"{origin}: unknown {noun} {spell(key)}{_closest(key, valid, spell)} ({hint} lists the valid "
+    return UserError(f"{origin}: unknown {noun} {spell(key)}{closest(key, valid, spell)} ({hint} lists the valid "
                      f"{noun}s)")
 
 
@@ -427,10 +345,10 @@ def _resolve_names(cli_argv, yaml_values):
     if isinstance(imb, str) and imb in _NONE_STRINGS:
         imb = None
     if algorithm not in registry.algorithms():
-        raise UserError(f"unknown algorithm '{algorithm}'{_closest(algorithm, registry.algorithms())} "
+        raise UserError(f"unknown algorithm '{algorithm}'{closest(algorithm, registry.algorithms())} "
                         f"registered: {', '.join(registry.algorithms())}")
     if imb is not None and imb not in registry.imb_algorithms():
-        raise UserError(f"unknown imb_algorithm '{imb}'{_closest(imb, registry.imb_algorithms())} "
+        raise UserError(f"unknown imb_algorithm '{imb}'{closest(imb, registry.imb_algorithms())} "
                         f"registered: {', '.join(registry.imb_algorithms())}")
     from .usb_compat.imb_algorithms import refusal
 
@@ -632,11 +550,11 @@ def validate(args, origins=None):
     _check_ranges(args, origins or {})
     _check_schedule(args)
     if args.dataset not in registry.datasets():
-        raise UserError(f"unknown dataset '{args.dataset}'{_closest(args.dataset, registry.datasets())} "
+        raise UserError(f"unknown dataset '{args.dataset}'{closest(args.dataset, registry.datasets())} "
                         f"known: {', '.join(registry.datasets())}")
-    _check_fer_data(args)
+    data_keys.check(args)
     if not args.net_from_name and args.net not in registry.nets():
-        raise UserError(f"unknown net '{args.net}'{_closest(args.net, registry.nets())} "
+        raise UserError(f"unknown net '{args.net}'{closest(args.net, registry.nets())} "
                         f"registered: {', '.join(registry.nets())}")
     from .usb_compat.imb_algorithms import schedule_problem
 

@@ -15,6 +15,14 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))  # always one line
 
 
+def closest(key, valid, spell="'{}'".format) -> str:
+    """``; did you mean <the closest valid name, spelled>?``, or "" when none is close."""
+    import difflib
+
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {spell(match[0])}?" if match else ""
+
+
 def where(path, line=None) -> str:
     """``file:line`` (or just ``file``) for messages."""
     return f"{path}:{line}" if line is not None else str(path)

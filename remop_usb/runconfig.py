@@ -30,9 +30,9 @@ CONFIG_FILE = "config.json"
 
 def snapshot(args) -> dict:
     """Every key of ``args`` as JSON values, sorted by name."""
-    from .config import _plain  # here, not at the top: .config imports USB, and readers of config.json need not
+    from .config import to_plain  # here, not at the top: .config imports USB, and readers of config.json need not
 
-    return {k: _plain(v) for k, v in sorted(vars(args).items())}
+    return {k: to_plain(v) for k, v in sorted(vars(args).items())}
 
 
 def identity(config: dict) -> dict:
@@ -49,11 +49,11 @@ def key_defaults(config: dict) -> dict:
 @functools.lru_cache(maxsize=None)
 def _defaults(algorithm, imb_algorithm, plugins) -> dict:
     from . import registry
-    from .config import _plain, build_parser
+    from .config import build_parser, to_plain
 
     registry.load(list(plugins))
     parser = build_parser(algorithm, imb_algorithm)
-    return {a.dest: _plain(a.default) for a in parser._actions if a.dest != "help"}
+    return {a.dest: to_plain(a.default) for a in parser._actions if a.dest != "help"}
 
 
 def differences(expected: dict, found: dict) -> list:
