@@ -320,5 +320,11 @@ def test_synthetic_is_deterministic(synthetic, tmp_path):
         write_affectnet(tmp_path / "x", 8, 8, layout="h5")
 
 
-def test_registered():
-    assert FER_DATASETS["affectnet"].__name__ == "_read_affectnet"
+def test_the_registered_name_reads_the_affectnet_lists_with_the_options_given(tmp_path):
+    root = write_lists(tmp_path / "data")
+    index = FER_DATASETS["affectnet"](root, num_classes=7, cache_dir=tmp_path / "cache")
+    assert index.layout == "csv" and index.num_classes == 7
+    # TRAIN without codes 7 (contempt: 7 classes) and 8-10, sorted by path
+    assert rels(index.train_paths, root) == ["12/abc.jpg", "12/ccc.jpg", "3/aaa.jpg", "7/ggg.jpg"]
+    assert index.train_labels.tolist() == [2, 1, 0, 6]
+    assert index.test_labels.tolist() == [4, 3, 5]  # VAL: 1/v1 4, 1/v2 3, 2/v4 5 (2/v3 code 10, 2/v5 contempt)

@@ -215,6 +215,15 @@ def test_remop_mixture_engages_from_the_first_batch(init, engaged, contract_rafd
 def test_adsh_refits_its_thresholds_mid_run(contract_of):
     """Adsh's own mechanism engages: after the first epoch's refit its class-wise thresholds are no longer all
     tau_1 (a run whose refit never happened would be FixMatch)."""
-    algorithm = contract_of("config/demo/adsh.yaml", None)
-    thresholds = algorithm.hooks_dict["MaskingHook"].thresholds
-    assert (thresholds != 0.95).any(), thresholds.tolist()
+    hook = contract_of("config/demo/adsh.yaml", None).hooks_dict["MaskingHook"]
+    assert_refitted(hook.thresholds, hook.tau_1, hook.head)
+
+
+def assert_refitted(thresholds, tau_1, head):
+    """Thresholds of an Adsh refit: probabilities (finite, in (0, 1]); the head class's at least tau_1 (it keeps only
+    its samples above tau_1); and not all tau_1 (the thresholds before any refit: FixMatch's)."""
+    shown = thresholds.tolist()
+    assert torch.isfinite(thresholds).all(), shown
+    assert ((thresholds > 0) & (thresholds <= 1)).all(), shown
+    assert thresholds[head] >= tau_1, (head, shown)
+    assert (thresholds != tau_1).any(), shown

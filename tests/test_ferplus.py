@@ -320,8 +320,12 @@ def test_synthetic_is_deterministic(synthetic, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_registered():
-    assert FER_DATASETS["ferplus"].__name__ == "_read_ferplus"
+def test_the_registered_name_reads_the_ferplus_votes_with_the_options_given(tmp_path):
+    root = write_csv_pair(tmp_path / "data")
+    index = FER_DATASETS["ferplus"](root, num_classes=7, cache_dir=tmp_path / "cache")
+    assert index.layout == "csv" and index.label_file == str(root / "fer2013new.csv") and index.num_classes == 7
+    assert index.train_labels.tolist() == [0, 2, 3, 4]  # ROWS 0, 1, 4, 8 (row 7, contempt, dropped: 7 classes)
+    assert index.valid_labels.tolist() == [6] and index.test_labels.tolist() == [5, 1]  # ROWS 9; 11, 12
 
 
 # --- bad input -------------------------------------------------------------------------------------------------------

@@ -41,13 +41,19 @@ def test_worker_options_reach_every_loader_including_adsh_own(tiny_rafdb, tmp_pa
 
 
 def test_pin_memory_reaches_usb_get_data_loader():
-    from semilearn.core.utils import get_data_loader
+    import semilearn.core.utils as usb_utils
 
+    from remop_usb import registry
+
+    registry.load()  # what every entry point does first (here too: this test may run alone, or first on a worker)
+    get_data_loader = usb_utils.get_data_loader
     dataset = torch.utils.data.TensorDataset(torch.zeros(4, 1))
     usb_args = types.SimpleNamespace(net="resnet18_fer", epoch=1, num_train_iter=1)
     for pin in (True, False):
         usb_args.pin_memory = pin
         assert get_data_loader(usb_args, dataset, 2, data_sampler=None, num_workers=0).pin_memory is pin
+        # USB's own function hard-codes pin_memory=False: the option arrives through the plugin's wrapper
+        assert get_data_loader.usb_original(usb_args, dataset, 2, data_sampler=None, num_workers=0).pin_memory is False
 
 
 def test_options_that_cannot_apply_on_cpu_say_so_and_are_off(tiny_rafdb, tmp_path, capsys, monkeypatch):

@@ -279,12 +279,16 @@ def test_save_and_load(tmp_path):
 
 
 def test_split_is_frozen():
+    from dataclasses import FrozenInstanceError
+
     split = make_split("rafdb", raf_labels(), 7, 500, 150, seed=0)
     assert isinstance(split, Split)
-    with pytest.raises(Exception):
+    first = int(split.lb_idx[0])
+    with pytest.raises(FrozenInstanceError, match="cannot assign to field 'seed'"):
         split.seed = 5
-    with pytest.raises(ValueError):
-        split.lb_idx[0] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        split.lb_idx[0] = first + 1
+    assert split.seed == 0 and int(split.lb_idx[0]) == first
 
 
 def test_all_labeled_split_labels_every_image_and_needs_gamma_1():
