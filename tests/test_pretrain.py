@@ -222,15 +222,22 @@ def test_cli_prints_the_seconds_and_whether_it_built(tmp_path, capsys, monkeypat
                                 str(tmp_path))
     assert pretrain.main(args) == 0
     assert re.fullmatch(re.escape(path) + r" \(built, \d+\.\d s\)", capsys.readouterr().out.splitlines()[-1])
-    monkeypatch.setattr(pretrain, "probe", lambda p: {"accuracy": 0.5, "mean_class_accuracy": 0.25,
-                                                      "confident": 0.125, "confident_accuracy": 1.0, "seconds": 2.0})
+    sizes = []
+
+    def probe(p, size):
+        sizes.append(size)
+        return {"accuracy": 0.5, "mean_class_accuracy": 0.25, "confident": 0.125, "confident_accuracy": 1.0,
+                "seconds": 2.0}
+
+    monkeypatch.setattr(pretrain, "probe", probe)
     assert pretrain.main(args + ["--probe"]) == 0
     probe_line, last = capsys.readouterr().out.splitlines()[-2:]
     assert re.fullmatch(re.escape(path) + r" \(cached, \d+\.\d s\)", last)
     assert probe_line == ("[remop-usb] probe: accuracy 50.0%, mean class accuracy 25.0% (chance 14.3%); max "
                           "probability >= 0.95: 12.5% of test faces, 100.0% of them right (2.0 s)")
-    assert pretrain.main(["--probe", path]) == 0
+    assert pretrain.main(["--probe", path, "--img_size", "32"]) == 0
     assert capsys.readouterr().out == f"[remop-usb] {path}: " + probe_line[len("[remop-usb] "):] + "\n"
+    assert sizes == [32, 32]  # probed at the size the backbone was built at, not the default 48
 
 
 def test_probe_labels_follow_rafdb_and_a_balanced_test():
