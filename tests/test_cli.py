@@ -63,6 +63,7 @@ def test_every_subcommand_has_help(capsys):
         assert usage.startswith(USAGE_STARTS[name]), (name, usage[:200])
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch and semilearn (about 30 s on 2 cores)
 @pytest.mark.parametrize("argv", [["--help"], ["sweep", "--grid", "config/grids/demo.yaml", "--out", "{out}",
                                                 "--dry_run"]])
 def test_a_closed_stdout_ends_quietly(tmp_path, argv):

@@ -33,6 +33,8 @@ import torch
 
 from conftest import build_for
 
+pytestmark = pytest.mark.slow  # every contract trains 100 steps from the stand-in backbone (30-150 s each on 2 cores)
+
 MASK_FLOOR = 0.05
 ACC_FLOOR = 0.6
 CENTER_COSINE_FLOOR = 0.9

@@ -13,6 +13,8 @@ import torch
 
 from test_contracts import ACC_FLOOR, MASK_FLOOR, contract_run, final
 
+pytestmark = pytest.mark.slow  # every contract trains 100 steps from the stand-in backbone (40-55 s each on 2 cores)
+
 CONTRACTS = {
     "config/demo/simpro.yaml": ("pl",),
     "config/demo/remop_simpro.yaml": ("pl", "remop"),

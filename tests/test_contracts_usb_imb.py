@@ -23,6 +23,8 @@ import torch
 from conftest import build_for, one_line_error
 from test_contracts import ACC_FLOOR, ITERATIONS, MASK_FLOOR, contract_run, final
 
+pytestmark = pytest.mark.slow  # every contract trains 100 steps from the stand-in backbone (40-110 s each on 2 cores)
+
 #: demo config -> keys of a few-step CPU run that put the algorithm's own mechanism in both halves of an 8-step,
 #: 2-epoch run whose first checkpoint comes at step 3 (CReST: two 4-step generations, checkpoints at 3 and 4 of each)
 RESUME = {  # (crest and crest+ are one class; crest+ has more state: its distribution alignment)

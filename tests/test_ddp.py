@@ -4,6 +4,7 @@ with identical weights, every one of them moved by training."""
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -45,6 +46,7 @@ def _worker(rank, argv, out_dir):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two training processes under gloo (about 20 s on 2 cores)
 def test_two_cpu_processes_agree_on_the_final_weights(tiny_rafdb, tmp_path):
     argv = train_argv(tiny_rafdb, tmp_path / "runs", save_name="ddp", num_train_iter=3, num_eval_iter=3,
                       world_size=2, dist_url=f"tcp://127.0.0.1:{_free_port()}")

@@ -14,6 +14,8 @@ import yaml
 from conftest import demo_configs, train_argv
 from remop_usb.launch import main
 
+pytestmark = pytest.mark.slow  # trains every demo config (about 2.5 minutes on 2 cores)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIGS = demo_configs()
 SPLIT_KEYS = ("dataset", "data_dir", "num_labels", "lb_imb_ratio", "include_lb_to_ulb", "seed", "num_classes")

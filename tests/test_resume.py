@@ -17,6 +17,8 @@ import torch
 
 from conftest import train_argv
 
+pytestmark = pytest.mark.slow  # kills and resumes whole training processes (50-60 s each on 2 cores)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITERS, EPOCHS, EVAL_EVERY = 8, 2, 3  # 4 steps per epoch; checkpoints after 3 (epoch 0) and 6 (epoch 1): mid-epoch
 
