@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per pytest-xdist worker (and per process a test starts): two workers of two threads each on two
+    # cores wait on each other in every convolution
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 # caches (FERPlus pixels, image checks, AffectNet index) go to a fresh folder, never the user's ~/.cache
 # (REMOP_USB_TEST_CACHE names one to reuse between sessions, e.g. to keep the session's stand-in backbone)
 os.environ["REMOP_USB_CACHE"] = os.environ.get("REMOP_USB_TEST_CACHE") or tempfile.mkdtemp(prefix="remop-usb-test-cache-")
