@@ -1,5 +1,5 @@
-"""Method contracts of ACR, CDMAD and CPG, alone and with ReMoP on top, and of Meta-Expert (tests/test_contracts.py's
-regime and floors): each trains :data:`~test_contracts.ITERATIONS` steps from the stand-in backbone on the synthetic
+"""Method contracts of ACR, CDMAD, CPG, BaCon and ADELLO, alone and with ReMoP on top, and of Meta-Expert
+(tests/test_contracts.py's regime and floors): each trains :data:`~test_contracts.ITERATIONS` steps from the stand-in backbone on the synthetic
 RAF-DB, and the pseudo-labels its unsupervised loss trains on (``pl``; CPG: those its filter admits into the labeled
 set; Meta-Expert: its long-tailed expert's, and the meta-expert's own as ``metaexpert``) -- and with ReMoP, ReMoP's
 own confident rows (``remop``) -- engage (mask >= MASK_FLOOR) and are right (accuracy >= ACC_FLOOR) over the second
@@ -7,7 +7,8 @@ half of the run. CPG's labeled set has grown by then (its first epoch's admissio
 
 ACR's adaptive strength engages too: the demo estimates the unlabeled distribution from the second epoch on, so by
 the end of the run tau has been set from the anchor distances (it starts at tau_max = 2, and a softmax over three
-distances gives tau_max only in the limit), and the estimate has left the uniform start.
+distances gives tau_max only in the limit), and the estimate has left the uniform start. So has ADELLO's estimate of
+the unlabeled prior, and its distillation (CCR, from step 19 of 100) has started.
 """
 
 import pytest
@@ -25,10 +26,27 @@ CONTRACTS = {
     # CPG: ``pl`` is what its filter admits into the labeled set (from epoch 1 on, the labeled batches draw them)
     "config/demo/cpg.yaml": ("pl",),
     "config/demo/remop_cpg.yaml": ("pl", "remop"),
+    # BaCon: FixMatch's pseudo-labels on the linear head (``pl``); ADELLO: FixMatch's under FlexDA (``pl``)
+    "config/demo/bacon.yaml": ("pl",),
+    "config/demo/remop_bacon.yaml": ("pl", "remop"),
+    "config/demo/adello.yaml": ("pl",),
+    "config/demo/remop_adello.yaml": ("pl", "remop"),
 }
 
+#: contracts measured below a floor, kept as strict expected failures (tests/test_contracts.py's practice: they pass
+#: the day the method clears the floor, and then must be moved back). ADELLO w/ ReMoP: FlexDA trains the linear logits
+#: toward the posterior under a flattened prior, and the mixture of that softmax with the cosines passes tau = 0.95
+#: on fewer images than ADELLO's softmax alone (0.10, 97.6% right) -- as SimPro's logit adjustment under ReMoP (0.08)
+BELOW_FLOOR = {"config/demo/remop_adello.yaml": "pl and remop: mask 0.045 < MASK_FLOOR 0.05 (100% right)"}
 
-@pytest.mark.parametrize("config", sorted(CONTRACTS))
+
+def _contract_param(config):
+    if config not in BELOW_FLOOR:
+        return config
+    return pytest.param(config, marks=pytest.mark.xfail(reason=BELOW_FLOOR[config], strict=True))
+
+
+@pytest.mark.parametrize("config", [_contract_param(c) for c in sorted(CONTRACTS)])
 def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract_rafdb, pretrained_backbone, tmp_path):
     algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, config)
     figures = {source: final(algorithm, source) for source in CONTRACTS[config]}
@@ -38,6 +56,10 @@ def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract
         assert fig["acc"] is not None and fig["acc"] >= ACC_FLOOR, (source, fig)
     if "cpg" in config:  # the labeled set grew by the admitted images (the split labels 56)
         assert len(algorithm.dataset_dict["train_lb"]) > 56 and int((algorithm.labeled_set.status >= 0).sum()) > 0
+    if "adello" in config:
+        assert algorithm.prior.distill_temperature is not None
+        uniform = torch.full_like(algorithm.prior.p_u, 1.0 / algorithm.num_classes)
+        assert not torch.allclose(algorithm.prior.p_u, uniform), algorithm.prior.p_u
     if "acr" in config:
         hook = algorithm.hooks_dict["ACRTauHook"]
         assert hook.tau < algorithm.args.acr_tau1, hook.tau
