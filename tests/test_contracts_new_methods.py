@@ -3,7 +3,8 @@
 backbone on the synthetic RAF-DB, and the pseudo-labels its unsupervised loss trains on (``pl``; CPG: those its
 filter admits into the labeled set; Meta-Expert: its long-tailed expert's, and the meta-expert's own as
 ``metaexpert``) -- and with ReMoP, ReMoP's own confident rows (``remop``) -- engage (mask >= MASK_FLOOR) and are
-right (accuracy >= ACC_FLOOR) over the second half of the run. CPG's labeled set has grown by then (its first epoch's admissions).
+right (accuracy >= ACC_FLOOR) over the second half of the run. CPG's labeled set has grown by then (its first
+epoch's admissions).
 
 ACR's adaptive strength engages too: the demo estimates the unlabeled distribution from the second epoch on, so by
 the end of the run tau has been set from the anchor distances (it starts at tau_max = 2, and a softmax over three
