@@ -54,13 +54,14 @@ COMMANDS = {
     "demo-data": ("remop_usb.cli:_demo_data", "write the synthetic demo dataset"),
     "split": ("datasets_fer.split_cli:main", "print a dataset's imbalanced split: counts per class and sha256"),
     "align": ("datasets_fer.align:main", "detect and align faces with MTCNN into a new folder"),
-    "sweep": ("remop_usb.sweep:main", "run every (method, setting, seed) of a grid (here, per GPU or as SLURM "
-                                      "array tasks); --status DIR"),
-    "leaderboard": ("remop_usb.leaderboard:main", "mean +- std table over seeds of a sweep's runs"),
-    "plots": ("remop_usb.plots:main", "redraw a finished run's figures"),
-    "bench": ("remop_usb.bench:main", "training-step and data-loader benchmark"),
+    "sweep": ("remop_usb.experiments.sweep:main", "run every (method, setting, seed) of a grid (here, per GPU or "
+                                                  "as SLURM array tasks); --status DIR"),
+    "leaderboard": ("remop_usb.experiments.leaderboard:main", "mean +- std table over seeds of a sweep's runs"),
+    "plots": ("remop_usb.experiments.plots:main", "redraw a finished run's figures"),
+    "bench": ("remop_usb.experiments.bench:main", "training-step and data-loader benchmark"),
     "pretrain": ("remop_usb.pretrain:main", "train the synthetic face-recognition backbone (MS-Celeb-1M stand-in)"),
-    "inpl-cutoff": ("remop_usb.inpl_cutoff:main", "measure InPL's energy cutoff on a base-learner checkpoint"),
+    "inpl-cutoff": ("remop_usb.experiments.inpl_cutoff:main",
+                    "measure InPL's energy cutoff on a base-learner checkpoint"),
 }
 
 

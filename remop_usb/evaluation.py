@@ -112,7 +112,7 @@ def eval_mode(model, algorithm=None):
 @torch.no_grad()
 def predict(algorithm, dest, keys):
     """Run the EMA model over loader ``dest``; returns (y_true, {key: N x K numpy array})."""
-    from .usb_compat import device_of
+    from .devices import device_of
 
     device = device_of(algorithm)
     y_true, outputs = [], {k: [] for k in keys}

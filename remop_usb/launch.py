@@ -142,9 +142,11 @@ def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
     from semilearn.core.utils import get_net_builder
     from semilearn.imb_algorithms import get_imb_algorithm
 
+    from . import tracking
     from .usb_compat import place_model
     from .usb_compat.amp import quiet_grad_scaler
 
+    tracking.install()  # use_wandb: USB registers its W&B hook by name while it builds the algorithm
     net_builder = get_net_builder(args.net, args.net_from_name)
     with quiet_grad_scaler():
         if args.imb_algorithm:
@@ -156,11 +158,31 @@ def build_algorithm(args, tb_log=None, logger=None, ngpus_per_node=None):
     algorithm.ngpus_per_node = processes_per_node(args) if ngpus_per_node is None else ngpus_per_node
     from .diagnostics import attach_diagnostics
 
-    attach_diagnostics(algorithm)  # with diagnostics: True (default); W&B is USB's use_wandb hook, see usb_compat
+    attach_diagnostics(algorithm)  # with diagnostics: True (default); W&B is USB's use_wandb hook (tracking.install)
     from .pseudo_labels import attach_pseudo_label_monitor
 
     attach_pseudo_label_monitor(algorithm)  # train/pl_mask, train/pl_acc: what the unlabeled loss trains on
     return algorithm
+
+
+def algorithm_from_run_dir(run_dir, what="plots"):
+    """The algorithm of a finished run, rebuilt on this machine from its config.json: one process, no training,
+    nothing logged (W&B, TensorBoard); ``what`` names the caller in messages. Weights are the caller's to load."""
+    import argparse
+
+    from . import registry, runconfig
+
+    config = runconfig.read_config(run_dir, what)
+    if config is None:
+        raise UserError(f"{what}: {run_dir} has no {runconfig.CONFIG_FILE} (a run directory written by train.py)")
+    args = argparse.Namespace(**config)
+    run_dir = os.path.abspath(run_dir)
+    args.save_dir, args.save_name = os.path.dirname(run_dir), os.path.basename(run_dir)
+    args.resume, args.load_path, args.use_wandb, args.use_tensorboard = False, None, False, False
+    args.multiprocessing_distributed, args.world_size, args.rank = False, 1, 0
+    registry.load(args.plugins or [])
+    resolve_device(args)
+    return build_algorithm(args)
 
 
 def train_worker(gpu, ngpus_per_node, args):
@@ -199,7 +221,7 @@ def train_worker(gpu, ngpus_per_node, args):
 def main_worker(gpu, ngpus_per_node, args):
     """Train, then (main process only) evaluate, print the one-line summary, write the plots, finish W&B and --
     last, so that a run stopped before it is not taken as finished -- write results.json."""
-    from . import plots, results, tracking
+    from . import figures, results, tracking
 
     algorithm, main_process = train_worker(gpu, ngpus_per_node, args)
     summary = None
@@ -207,8 +229,8 @@ def main_worker(gpu, ngpus_per_node, args):
         save_path = os.path.join(args.save_dir, args.save_name)
         summary = results.summarize(algorithm, save_path)
         print(results.one_line(summary))
-        figures = plots.write_run_plots(algorithm, save_path, summary) if args.plots else {}
-        tracking.finish(algorithm, summary, figures)
+        figures_written = figures.write_run_plots(algorithm, save_path, summary) if args.plots else {}
+        tracking.finish(algorithm, summary, figures_written)
         results.write_results(summary, save_path)
     logging.getLogger(args.save_name).handlers.clear()
     return summary

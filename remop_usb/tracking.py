@@ -79,7 +79,7 @@ def _scalars(values):
 
 
 class WandbTrackingHook(Hook):
-    """Registered by USB in place of its WANDBHook when ``use_wandb: True`` (see ``usb_compat/wandb.py``). Nothing
+    """Registered by USB in place of its WANDBHook when ``use_wandb: True`` (:func:`install`). Nothing
     happens after the run: the W&B run stays open until :func:`finish` has results.json's figures."""
 
     def __init__(self):
@@ -104,6 +104,14 @@ class WandbTrackingHook(Hook):
             algorithm.remop_diagnostics = None
         if values:
             self.run.log(values, step=step)
+
+
+def install():
+    """Point USB's WANDBHook at :class:`WandbTrackingHook` (:mod:`remop_usb.usb_compat.wandb`); the launcher calls
+    it before it builds an algorithm."""
+    from .usb_compat.wandb import install_hook
+
+    install_hook(WandbTrackingHook)
 
 
 def summary_values(summary):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from remop_usb import bench
+from remop_usb.experiments import bench
 from remop_usb.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -178,9 +178,9 @@ def test_a_preset_conflict_is_in_the_runs_log_and_config_json(tiny_rafdb, tmp_pa
     assert runconfig.differences(config, older) == []
     assert runconfig.differences(config, dict(config, preset_conflicts=["elsewhere.yaml:3 ..."])) == []
     # rebuilt from its config.json (remop-usb plots), and resumed: the resumed run's lines follow in the same log
-    from remop_usb.plots import rebuild
+    from remop_usb.launch import algorithm_from_run_dir
 
-    assert rebuild(str(tmp_path / "run")).args.preset_conflicts == expected
+    assert algorithm_from_run_dir(str(tmp_path / "run")).args.preset_conflicts == expected
     assert main(argv + ["--num_train_iter", "4", "--epoch", "2", "--resume", "True"]) == 0  # the last flag wins
     resumed = [expected[0], expected[1].replace("--num_train_iter 2 (epoch 1: 2", "--num_train_iter 4 (epoch 2: 2")]
     with open(os.path.join(tmp_path, "run", "config.json")) as f:

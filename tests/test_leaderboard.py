@@ -8,7 +8,7 @@ import pytest
 
 from remop_usb.cli import main
 from remop_usb.errors import UserError
-from remop_usb.leaderboard import find_runs
+from remop_usb.experiments.leaderboard import find_runs
 
 NAMES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
 
@@ -112,7 +112,7 @@ def test_linear_head_and_last_checkpoint(sweep_dir, capsys):
 
 
 def test_file_suffix_names_what_differs_from_the_default_table():
-    from remop_usb.leaderboard import file_suffix
+    from remop_usb.experiments.leaderboard import file_suffix
 
     assert file_suffix() == "" and file_suffix("last") == "_last"
     assert file_suffix("last", "linear", "test") == "_last_linear_test" and file_suffix(split="eval") == "_eval"
@@ -228,7 +228,7 @@ def fig4_dir(tmp_path):
 
 
 def _curves(root, head="primary"):
-    from remop_usb.leaderboard import aggregate, beta_curves
+    from remop_usb.experiments.leaderboard import aggregate, beta_curves
 
     runs = find_runs(str(root))
     return beta_curves(runs, aggregate(runs, "best", head)[0])
@@ -418,7 +418,7 @@ def test_reference_must_name_a_row_and_needs_the_published_layout(published_dir,
     (((92.0, None),), ((92.5, None),), False),  # no std on either side: no spread to compare with
 ])
 def test_within_spread_is_a_gap_smaller_than_the_larger_std(row, ref, marked):
-    from remop_usb.leaderboard import within_spread
+    from remop_usb.experiments.leaderboard import within_spread
 
     assert within_spread({"mean_class": row[0]}, {"mean_class": ref[0]}) is marked
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import train_argv
 from remop_usb.launch import main
-from remop_usb.plots import beta_sweep, plot_pseudo_labels, results_plots, save_figure, tsne_embedding
+from remop_usb.figures import beta_sweep, plot_pseudo_labels, results_plots, save_figure, tsne_embedding
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -95,8 +95,8 @@ def test_a_remop_run_writes_its_plots_and_a_consistent_beta_sweep(tiny_rafdb, tm
     assert rows[0.5]["mean_class_acc"] == pytest.approx(last["mixture"]["mean_class_acc"])
     assert rows[1.0]["overall_acc"] == pytest.approx(last["linear"]["overall_acc"])
 
-    # the same figures again on the finished run, with the best checkpoint (python -m remop_usb.plots)
-    from remop_usb.plots import main as plots_main
+    # the same figures again on the finished run, with the best checkpoint (remop-usb plots)
+    from remop_usb.experiments.plots import main as plots_main
 
     for name in ("tsne.png", "beta_sweep.png", "beta_sweep.json"):
         os.remove(run / name)

@@ -232,7 +232,7 @@ def test_training_with_the_cache_keeps_the_split(tiny_rafdb, tmp_path, demo_spli
 # -- benchmark -----------------------------------------------------------------------------------------------------
 
 def test_bench_flags_become_the_config_keys():
-    from remop_usb.bench import speed_argv
+    from remop_usb.experiments.bench import speed_argv
 
     opts = types.SimpleNamespace(amp="bf16", channels_last=True, compile=True, compile_mode="reduce-overhead",
                                  cudnn_benchmark=False, pin_memory=False, persistent_workers=True,

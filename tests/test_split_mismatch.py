@@ -188,7 +188,7 @@ def test_the_keys_reach_a_run(tiny_rafdb, tmp_path, capsys):
 def test_mismatch_grid_runs_are_valid_on_the_demo(demo_labels):
     """Every run of config/grids/mismatch.yaml resolves as train.py parses it, its settings are consistent / uniform /
     reversed against the labeled gamma, and its split fits the demo RAF-DB with the counts its comment gives."""
-    from remop_usb.sweep import load_grid, plan, resolve
+    from remop_usb.experiments.sweep import load_grid, plan, resolve
 
     path = os.path.join(REPO, "config", "grids", "mismatch.yaml")
     grid = load_grid(path)

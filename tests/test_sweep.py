@@ -7,7 +7,8 @@ import pytest
 
 from remop_usb.cli import main
 from remop_usb.errors import UserError
-from remop_usb.sweep import inspect, load_grid, plan
+from remop_usb.experiments.runs import inspect
+from remop_usb.experiments.sweep import load_grid, plan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "config", "demo")
@@ -54,7 +55,7 @@ def test_plan_every_method_setting_and_seed(tmp_path):
 
 
 def test_set_overrides_every_run_over_the_grid(tmp_path, capsys):
-    from remop_usb.sweep import parse_set
+    from remop_usb.experiments.sweep import parse_set
 
     extra = parse_set(["use_wandb=True", "remop_beta=0.7", "num_workers=2", "plugins=[a.b, c]"])
     assert extra == {"use_wandb": True, "remop_beta": 0.7, "num_workers": 2, "plugins": ["a.b", "c"]}
@@ -230,8 +231,9 @@ time.sleep(60)
 
 SWEEP = """
 import sys
-import remop_usb.sweep as s
-s.TRAIN_PY = sys.argv[1]
+import remop_usb.experiments.runs as runs
+import remop_usb.experiments.sweep as s
+runs.TRAIN_PY = sys.argv[1]
 out = sys.argv[2]
 runs = [s.Run(i + 1, "set", "m", i, "unused.yaml", {}, out) for i in range(2)]
 sys.exit(s.run_all(runs, ["0", "1"]))
@@ -255,7 +257,7 @@ def test_a_stop_signal_stops_the_running_children_and_another_worker_passes_thei
     import subprocess
     import sys
 
-    from remop_usb.sweep import Run, claim
+    from remop_usb.experiments.runs import Run, claim
 
     signum = getattr(signal, signum)
     (tmp_path / "train.py").write_text(FAKE_TRAIN)
@@ -312,7 +314,7 @@ def test_run_locks_stale_and_live(tmp_path):
     only once its heartbeat is older than stale_after; a live holder of this host keeps it."""
     import socket
 
-    from remop_usb.sweep_lock import try_lock
+    from remop_usb.experiments.sweep_lock import try_lock
 
     run_dir, lock = tmp_path / "seed0", tmp_path / "seed0.lock"
     here = socket.gethostname()
@@ -339,10 +341,10 @@ def test_a_lock_held_by_a_live_process_is_refused_and_taken_over_when_it_is_kill
     import subprocess
     import sys
 
-    from remop_usb.sweep_lock import try_lock
+    from remop_usb.experiments.sweep_lock import try_lock
 
-    holder_code = ("import sys, time\nfrom remop_usb.sweep_lock import try_lock\nprint(try_lock(sys.argv[1])[0] "
-                   "is not None, flush=True)\ntime.sleep(60)\n")
+    holder_code = ("import sys, time\nfrom remop_usb.experiments.sweep_lock import try_lock\n"
+                   "print(try_lock(sys.argv[1])[0] is not None, flush=True)\ntime.sleep(60)\n")
     other = subprocess.Popen([sys.executable, "-c", holder_code, str(tmp_path / "seed0")], cwd=REPO,
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
     try:

@@ -193,7 +193,7 @@ def test_slurm_launcher_submits_one_array_task_per_pending_run(grid, tmp_path, c
     import pickle
 
     from remop_usb.cli import main
-    from remop_usb.launchers import RunTask
+    from remop_usb.experiments.launchers import RunTask
 
     out = str(tmp_path / "out")
     assert main(["sweep", "--grid", grid, "--out", out, "--dry_run", *_slurm_flags()]) == 0

@@ -116,11 +116,11 @@ def test_checkpoints_record_completed_iterations_and_their_epoch(tiny_rafdb, tmp
 
 
 def test_results_json_is_the_last_file_a_run_writes(tiny_rafdb, tmp_path, monkeypatch):
-    from remop_usb import plots, tracking
+    from remop_usb import figures, tracking
 
     results_path = os.path.join(tmp_path, "run", "results.json")
     seen = []
-    monkeypatch.setattr(plots, "write_run_plots", lambda *a: seen.append(("plots", os.path.exists(results_path)))
+    monkeypatch.setattr(figures, "write_run_plots", lambda *a: seen.append(("plots", os.path.exists(results_path)))
                         or {})
     monkeypatch.setattr(tracking, "finish", lambda *a: seen.append(("wandb", os.path.exists(results_path))))
     argv = train_argv(tiny_rafdb, tmp_path, save_name="run", num_train_iter=2, num_eval_iter=2, plots=True)

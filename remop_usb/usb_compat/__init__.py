@@ -50,13 +50,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..devices import device_of  # noqa: F401  (here for the algorithms and the topic modules)
 from ..errors import UserError
 
 _INSTALLED = False
 #: the submodules that patch USB, installed in this order by :func:`install` (``distributed`` and
-#: ``unlabeled_views`` patch nothing: the launcher and the algorithms call their functions)
+#: ``unlabeled_views`` patch nothing: the launcher and the algorithms call their functions; ``wandb`` is installed
+#: by :func:`remop_usb.tracking.install`, which the launcher calls before it builds an algorithm)
 TOPIC_MODULES = ("amp", "checkpointing", "ema", "evaluation", "imb_algorithms", "learner_checkpoints", "loaders",
-                 "optim", "speed", "wandb", "preemption")
+                 "optim", "speed", "preemption")
 
 
 class ModuleWrapper(nn.Module):
@@ -73,14 +75,6 @@ class ModuleWrapper(nn.Module):
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a ModuleWrapper / DDP / DataParallel."""
     return model.module if hasattr(model, "module") else model
-
-
-def device_of(algorithm) -> torch.device:
-    """The device an algorithm trains on: ``cuda:<gpu>`` when args.gpu is set and CUDA exists, else CPU."""
-    gpu = getattr(algorithm, "gpu", None)
-    if gpu is not None and torch.cuda.is_available():
-        return torch.device("cuda", gpu)
-    return torch.device("cpu")
 
 
 def place_model(args, model: nn.Module, clip_batch: bool = True) -> nn.Module:

@@ -12,17 +12,17 @@ no account and no network: init fails (online mode)  one-line error asking for `
 ===================================================  ===========================================================
 
 ``AlgorithmBase.set_hooks`` registers ``WANDBHook()`` by the name it finds in ``semilearn.core.algorithmbase``;
-:func:`install` points that name at :class:`remop_usb.tracking.WandbTrackingHook`.
+:func:`install_hook` points that name at the hook it is given: :func:`remop_usb.tracking.install` gives
+:class:`remop_usb.tracking.WandbTrackingHook` (so imports go from the run core down to this package, never up).
 """
 
 from __future__ import annotations
 
 
-def install():
+def install_hook(hook_class):
+    """USB's ``WANDBHook`` replaced by ``hook_class`` wherever USB looks it up (idempotent)."""
     import semilearn.core.algorithmbase as algorithmbase
     import semilearn.core.hooks as hooks
 
-    from ..tracking import WandbTrackingHook
-
-    algorithmbase.WANDBHook = WandbTrackingHook
-    hooks.WANDBHook = WandbTrackingHook
+    algorithmbase.WANDBHook = hook_class
+    hooks.WANDBHook = hook_class

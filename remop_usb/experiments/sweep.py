@@ -7,7 +7,7 @@ console output in ``seed<k>.log`` beside that folder). Sequential by default; wi
 GPU at a time (``CUDA_VISIBLE_DEVICES`` set for each).
 
 Before anything starts, every run's configuration is resolved (so a bad key stops the sweep at once) and its folder
-inspected (:mod:`remop_usb.runconfig`): a run whose ``results.json`` exists and whose ``config.json`` agrees with the
+inspected (:func:`.runs.inspect`): a run whose ``results.json`` exists and whose ``config.json`` agrees with the
 grid on every key that changes the result is skipped; one with ``latest_model.pth`` but no results is resumed
 (``resume: True``); one made with another configuration is refused -- named with the keys that differ -- unless
 ``--rerun_stale`` starts it afresh. A progress line per run gives index/total, name, status, time and result.
@@ -17,10 +17,10 @@ Stopping: Ctrl-C, SIGTERM or SIGHUP stops the running train.py processes (SIGTER
 otherwise), waits for them and exits with 128 + the signal and one line; the same command resumes.
 
 Many workers, one folder: each run has its own lock, ``DIR/<setting>/<method>/seed<k>.lock`` (host, pid, job;
-:mod:`remop_usb.sweep_lock`), held while it trains. Any number of sweep processes -- on one machine or several
-sharing the folder, with ``--shard i/n`` to split the runs statically, or SLURM array tasks (``--launcher slurm``,
-:mod:`remop_usb.launchers`) -- work on one ``DIR``: a run locked by a live worker is passed over ("busy"), and a run
-is inspected again once locked, so none is trained twice. ``--status DIR`` prints each run's state.
+:mod:`.sweep_lock`), held while it trains. Any number of sweep processes -- on one machine or several sharing the
+folder, with ``--shard i/n`` to split the runs statically, or SLURM array tasks (``--launcher slurm``,
+:mod:`.launchers`) -- work on one ``DIR``: a run locked by a live worker is passed over ("busy"), and a run is
+inspected again once locked, so none is trained twice. ``--status DIR`` prints each run's state.
 
 A grid (YAML; relative paths are relative to the grid file's folder)::
 
@@ -50,76 +50,20 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import IO, NamedTuple, Optional
 
-from . import runconfig
-from .errors import UserError, where
-from .fileio import read_json, write_json_atomic
+from .. import runconfig
+from ..errors import UserError, where
+from .runs import (TRAIN_PY, Run, claim, duration, finish, inspect, open_log, prepare_demo_data, progress,
+                   result_text, write_plan)
 
 GRID_KEYS = ("name", "description", "config", "overrides", "methods", "settings", "seeds")
 METHOD_KEYS = ("label", "config", "overrides")
 SWEEP_OWNED = ("save_dir", "save_name", "seed", "resume", "load_path", "overwrite", "wandb_group", "wandb_tags")
-PLAN_FILE = "sweep.json"
 #: signals that stop a sweep like Ctrl-C: forwarded to the running train.py processes, which are waited for
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 #: seconds a stopped train.py is given to exit before it is killed
 STOP_TIMEOUT = 60.0
-TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
-
-
-@dataclass
-class Run:
-    index: int
-    setting: str
-    method: str
-    seed: int
-    config: str
-    overrides: dict
-    out: str
-    state: str = "new"
-    detail: str = ""
-    data_args: object = field(default=None, repr=False)
-    expected: Optional[dict] = field(default=None, repr=False)  # its resolved configuration (runconfig.snapshot)
-    lock: object = field(default=None, repr=False)  # its sweep_lock.RunLock while this process holds it
-
-    @property
-    def name(self):
-        return f"{self.setting}/{self.method}/seed{self.seed}"
-
-    @property
-    def save_dir(self):
-        return os.path.join(self.out, self.setting, self.method)
-
-    @property
-    def run_dir(self):
-        return os.path.join(self.save_dir, f"seed{self.seed}")
-
-    @property
-    def log_path(self):
-        return self.run_dir + ".log"
-
-    def argv(self):
-        """train.py's arguments for this run (without the resume/overwrite flag its state adds)."""
-        values = dict(self.overrides)
-        values.update(save_dir=self.save_dir, save_name=f"seed{self.seed}", seed=self.seed,
-                      wandb_group=self.setting, wandb_tags=self.method)
-        argv = ["--c", self.config]
-        for key, value in values.items():
-            argv += [f"--{key}"] + _tokens(value)
-        return argv
-
-    def state_argv(self):
-        return self.argv() + (["--resume", "True"] if self.state == "resume" else ["--overwrite", "True"])
-
-    def command(self):
-        """train.py's command line for this run in its state."""
-        return [sys.executable, TRAIN_PY] + self.state_argv()
-
-
-def _tokens(value):
-    """Command-line tokens of a YAML value: True/False/None as train.py reads them, a list as several tokens."""
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 # -- the grid ---------------------------------------------------------------------------------------------------
@@ -143,7 +87,7 @@ def _check_overrides(values, what, origin):
 
 def load_grid(path):
     """The validated grid: {name, config, overrides, methods: {name: {...}}, settings: {...}, seeds: [...]}."""
-    from .config import read_yaml
+    from ..config import read_yaml
 
     data, lines = read_yaml(path)
     at = lambda key: where(path, lines.get(key))  # noqa: E731
@@ -239,7 +183,7 @@ def plan(grid, grid_path, out, extra=None):
 
 def resolve(run):
     """The run's configuration as train.py will parse it (a bad key is a UserError naming the run)."""
-    from .config import parse_args
+    from ..config import parse_args
 
     err = io.StringIO()
     try:
@@ -250,33 +194,6 @@ def resolve(run):
     except SystemExit:
         message = [line for line in err.getvalue().splitlines() if line.strip()]
         raise UserError(f"run {run.name}: {message[-1] if message else 'invalid arguments'}") from None
-
-
-#: what results.json records of a run made before config.json existed
-_RESULT_FIELDS = ("algorithm", "imb_algorithm", "dataset", "seed", "num_labels", "lb_imb_ratio", "num_train_iter")
-
-
-def inspect(run, expected):
-    """('done' | 'resume' | 'new' | 'stale', detail) for a run whose resolved configuration is ``expected``."""
-    found = runconfig.read_config(run.run_dir, "sweep")
-    results_path = os.path.join(run.run_dir, "results.json")
-    finished = os.path.exists(results_path)
-    checkpointed = os.path.exists(os.path.join(run.run_dir, "latest_model.pth"))
-    if found is not None:
-        diffs = runconfig.differences(expected, found)
-    elif finished:
-        recorded = read_json(results_path, "sweep")
-        diffs = [f"{k}: {recorded.get(k)!r} -> {expected.get(k)!r}" for k in _RESULT_FIELDS
-                 if recorded.get(k) != expected.get(k)]
-    else:
-        diffs = []
-    if diffs and (finished or checkpointed):
-        return "stale", ", ".join(diffs)
-    if finished:
-        return "done", ""
-    if checkpointed:
-        return "resume", ""
-    return "new", ""
 
 
 def inspect_all(runs, rerun_stale):
@@ -295,36 +212,6 @@ def inspect_all(runs, rerun_stale):
 
 # -- running ----------------------------------------------------------------------------------------------------
 
-def _duration(seconds):
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def result_text(run_dir):
-    """``best@400 52.00/31.81 last@400 51.33/30.02 (mixture)`` from results.json, overall/mean class acc (on the
-    run's test set when it has one, as the leaderboard reports it)."""
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.exists(path):
-        return "no results.json"
-    from .results import reported_heads
-
-    res = read_json(path, "sweep")
-    head = res["primary_head"]
-    parts = []
-    for which in ("best", "last"):
-        entry = res.get(which)
-        if entry:
-            r = reported_heads(entry)[head]
-            parts.append(f"{which}@{entry['it']} {r['overall_acc']:.2f}/{r['mean_class_acc']:.2f}")
-    return " ".join(parts) + f" ({head}, overall/mean class %)"
-
-
-def _line(run, total, status, seconds=None, result=""):
-    took = _duration(seconds) if seconds is not None else "-"
-    print(f"[{run.index}/{total}] {run.name:<40} {status:<9} {took:>9}  {result}".rstrip(), flush=True)
-
-
 class Active(NamedTuple):
     """A started run: its GPU slot, train.py process, open log and start time."""
     gpu: Optional[str]
@@ -334,23 +221,6 @@ class Active(NamedTuple):
     started: float
 
 
-def _host():
-    import socket
-
-    return socket.gethostname()
-
-
-def open_log(run, job=None, gpu=None):
-    """The run's log (appended), with a first line naming the attempt: time, state, host, pid, job, GPU, command."""
-    os.makedirs(run.save_dir, exist_ok=True)
-    log = open(run.log_path, "a", encoding="utf-8")
-    on = f" CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {run.state} on {_host()} pid {os.getpid()}"
-              f"{f' job {job}' if job else ''}{on}: {shlex.join(run.command())}\n")
-    log.flush()
-    return log
-
-
 def _start(run, gpu):
     env = dict(os.environ)
     if gpu is not None:
@@ -358,48 +228,6 @@ def _start(run, gpu):
     log = open_log(run, gpu=gpu)
     proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
     return Active(gpu, run, proc, log, time.time())
-
-
-#: the last line of a run's log after each attempt: ``# <time> exit status <n>``
-END_MARK = "exit status"
-
-
-def finish(run, returncode, log=None):
-    """Close an attempt: ``# <time> exit status N`` ends the log (read by ``--status``); the run's lock is let go."""
-    close = log is None
-    log = log or open(run.log_path, "a", encoding="utf-8")
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {END_MARK} {returncode}\n")
-    if close:
-        log.close()
-    if run.lock is not None:
-        run.lock.release()
-        run.lock = None
-
-
-def claim(run, total, job=None, stale_after=None):
-    """Lock the run and inspect it again (another worker may have finished it since the plan was made). True when
-    this process is now to train it (``run.state`` is then ``new`` or ``resume``); else a line says why not."""
-    from . import sweep_lock
-
-    lock, holder = sweep_lock.try_lock(run.run_dir, job=job, **({} if stale_after is None
-                                                                 else {"stale_after": stale_after}))
-    if lock is None:
-        _line(run, total, "busy", None, f"running elsewhere: {sweep_lock.describe(holder)}")
-        return False
-    run.lock = lock
-    if run.expected is not None:
-        state, detail = inspect(run, run.expected)
-        if state == "done" or (state == "stale" and run.state != "new"):
-            lock.release()
-            run.lock = None
-            _line(run, total, "skipped", None, "finished by another worker: " + result_text(run.run_dir)
-                  if state == "done" else f"made meanwhile with another configuration ({detail})")
-            return False
-        if state != "stale":  # stale and state "new": --rerun_stale, train afresh
-            run.state = state
-    if lock.record.get("taken_over"):
-        print(f"[remop-usb sweep] {run.name}: took over a stale lock ({lock.record['taken_over']})", flush=True)
-    return True
 
 
 class Stopped(Exception):
@@ -449,7 +277,7 @@ def execute(runs, gpus, poll_seconds=1.0, stale_after=None):
     pending = [r for r in runs if r.state != "done"]
     for run in runs:
         if run.state == "done":
-            _line(run, total, "skipped", None, "finished earlier: " + result_text(run.run_dir))
+            progress(run, total, "skipped", None, "finished earlier: " + result_text(run.run_dir))
     active, failed, stop = {}, [], []
     try:
         with _handling(STOP_SIGNALS, lambda signum, frame: stop.append(signum)):
@@ -461,7 +289,7 @@ def execute(runs, gpus, poll_seconds=1.0, stale_after=None):
                     gpu = next(s for s in slots if s not in {a.gpu for a in active.values()})
                     active[run.index] = _start(run, gpu)
                     on = f" on GPU {gpu}" if gpu is not None else ""
-                    _line(run, total, "started", None, f"{'resuming' if run.state == 'resume' else 'new'}{on}, "
+                    progress(run, total, "started", None, f"{'resuming' if run.state == 'resume' else 'new'}{on}, "
                                                        f"log {run.log_path}")
                 if active:
                     time.sleep(poll_seconds)
@@ -476,7 +304,7 @@ def execute(runs, gpus, poll_seconds=1.0, stale_after=None):
 
 def _collect(active, failed, total):
     """Report the runs of ``active`` that have ended, removing them (the failed ones are added to ``failed``)."""
-    from .stopping import CHECKPOINTED_STATUS
+    from ..stopping import CHECKPOINTED_STATUS
 
     for index in [i for i, a in active.items() if a.proc.poll() is not None]:
         a = active.pop(index)
@@ -484,59 +312,15 @@ def _collect(active, failed, total):
         a.log.close()
         took = time.time() - a.started
         if a.proc.returncode == 0:
-            _line(a.run, total, "done", took, result_text(a.run.run_dir))
+            progress(a.run, total, "done", took, result_text(a.run.run_dir))
         else:
             failed.append(a.run)
             what = "checkpointed and stopped (SIGUSR2)" if a.proc.returncode == CHECKPOINTED_STATUS else \
                 f"exit status {a.proc.returncode}"
-            _line(a.run, total, "failed", took, f"{what}, see {a.run.log_path}")
+            progress(a.run, total, "failed", took, f"{what}, see {a.run.log_path}")
 
 
-# -- the plan file, options, main -----------------------------------------------------------------------------
-
-def _prepare_demo_data(runs):
-    """Write the synthetic demo data once, before runs that may start together need it."""
-    from datasets_fer.usb import prepare_demo_data as prepare
-
-    seen = set()
-    for run in runs:
-        args = run.data_args
-        if run.state != "done" and getattr(args, "demo_data", False) and args.data_dir not in seen:
-            seen.add(args.data_dir)
-            prepare(args)
-
-
-def write_plan(grid, grid_path, out, runs):
-    """``DIR/sweep.json``: the grid's methods, settings, seeds and every run's folder (for the leaderboard and
-    ``--status``); the job ids recorded by :func:`record_jobs` are kept."""
-    def update(plan_file):
-        plan_file.update({
-            "grid": os.path.abspath(grid_path), "name": grid["name"],
-            "methods": [{"name": m, "label": spec["label"]} for m, spec in grid["methods"].items()],
-            "settings": list(grid["settings"]), "seeds": grid["seeds"],
-            "runs": [{"setting": r.setting, "method": r.method, "seed": r.seed,
-                      "dir": os.path.relpath(r.run_dir, out)} for r in runs]})
-
-    _update_plan(out, update)
-
-
-def record_jobs(out, entries):
-    """Add ``{"run", "job_id", "launcher", "log", "submitted"}`` entries to ``sweep.json``'s ``jobs``."""
-    _update_plan(out, lambda plan_file: plan_file.setdefault("jobs", []).extend(entries))
-
-
-def _update_plan(out, change):
-    """Read, change and atomically rewrite ``DIR/sweep.json`` under an flock (several sweeps of one host)."""
-    import fcntl
-
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, PLAN_FILE)
-    with open(path + ".lock", "a") as guard:
-        fcntl.flock(guard.fileno(), fcntl.LOCK_EX)
-        plan_file = read_json(path, "sweep") if os.path.exists(path) else {}
-        change(plan_file)
-        write_json_atomic(path, plan_file, indent=2)
-
+# -- options, main -------------------------------------------------------------------------------------------
 
 def parse_gpus(text):
     if text is None:
@@ -640,7 +424,7 @@ def main(argv=None):
             print(f"[{run.index}/{len(runs)}] {run.name}: {run.state}{note}\n    {shlex.join(run.command())}")
         return 0
     write_plan(grid, a.grid, a.out, runs)
-    _prepare_demo_data(mine)
+    prepare_demo_data(mine)
     return run_all(mine, gpus, stale_after)
 
 
@@ -658,7 +442,7 @@ def run_all(runs, gpus, stale_after=None):
     finished = [os.path.exists(os.path.join(r.run_dir, "results.json")) for r in runs]
     elsewhere = sum(not done and r not in failed for r, done in zip(runs, finished))
     finished = sum(finished)
-    print(f"[remop-usb sweep] {finished}/{len(runs)} runs finished in {_duration(time.time() - started)}"
+    print(f"[remop-usb sweep] {finished}/{len(runs)} runs finished in {duration(time.time() - started)}"
           + (f"; failed: {', '.join(r.name for r in failed)}" if failed else "")
           + (f"; {elsewhere} running in another worker (remop-usb sweep --status {runs[0].out})" if elsewhere
              else ""))

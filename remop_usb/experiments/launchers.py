@@ -2,7 +2,7 @@
 
 Each task is a :class:`RunTask` -- a pickled callable that submitit runs on the compute node as
 ``python -u -m submitit.core._submit DIR/.submitit/<job>``. It does what one step of the local sweep does: take the
-run's lock (:mod:`remop_usb.sweep_lock`; a run another worker holds is left to it), inspect the run folder again
+run's lock (:mod:`.sweep_lock`; a run another worker holds is left to it), inspect the run folder again
 (finished: nothing to do; a checkpoint: resume), run ``train.py`` with the run's log ``seed<k>.log`` beside its
 folder, write ``# exit status N`` and let go of the lock. The task's own submitit log is linked as
 ``seed<k>.job.out`` beside it; job ids go to ``DIR/sweep.json`` (``jobs``).
@@ -28,7 +28,9 @@ import sys
 import threading
 import time
 
-from .errors import UserError
+from ..errors import UserError
+from .runs import (claim, finish, host_name, open_log, prepare_demo_data, progress, record_jobs, result_text,
+                   write_plan)
 from .sweep_lock import STALE_AFTER_S
 
 STALE_AFTER_MIN = STALE_AFTER_S / 60
@@ -167,17 +169,16 @@ class RunTask:
     stale_after: float = STALE_AFTER_S
 
     def __call__(self):
-        from . import sweep
-        from .stopping import CHECKPOINTED_STATUS
+        from ..stopping import CHECKPOINTED_STATUS
 
         run = self.run
         job = _job_id()
-        if not sweep.claim(run, self.total, job=job, stale_after=self.stale_after):
+        if not claim(run, self.total, job=job, stale_after=self.stale_after):
             return f"{run.name}: not trained by this task (finished or held by another worker)"
         _link_job_log(run)
-        log = sweep.open_log(run, job=job, gpu=os.environ.get("CUDA_VISIBLE_DEVICES") or None)
-        sweep._line(run, self.total, "started", None, f"{'resuming' if run.state == 'resume' else 'new'} on "
-                                                      f"{sweep._host()}, job {job}, log {run.log_path}")
+        log = open_log(run, job=job, gpu=os.environ.get("CUDA_VISIBLE_DEVICES") or None)
+        progress(run, self.total, "started", None, f"{'resuming' if run.state == 'resume' else 'new'} on "
+                                                   f"{host_name()}, job {job}, log {run.log_path}")
         started = time.time()
         proc = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT)
         _child.update(proc=proc, ended=_reaped(proc))
@@ -188,14 +189,14 @@ class RunTask:
         finally:
             _child.clear()
             if run.lock is not None:  # not already closed by checkpoint()
-                sweep.finish(run, proc.returncode if proc.returncode is not None else "unknown (task ended)", log)
+                finish(run, proc.returncode if proc.returncode is not None else "unknown (task ended)", log)
             log.close()
         took = time.time() - started
         if returncode == 0:  # (its result line is in the run's log: reading results.json here would import torch)
-            sweep._line(run, self.total, "done", took, f"{run.run_dir}/results.json")
+            progress(run, self.total, "done", took, f"{run.run_dir}/results.json")
             return f"{run.name}: done"
         if returncode == CHECKPOINTED_STATUS:
-            sweep._line(run, self.total, "stopped", took, "checkpointed (SIGUSR2 to train.py); the sweep resumes it")
+            progress(run, self.total, "stopped", took, "checkpointed (SIGUSR2 to train.py); the sweep resumes it")
             return f"{run.name}: checkpointed and stopped"
         raise RuntimeError(f"{run.name}: train.py ended with exit status {returncode}, see {run.log_path}")
 
@@ -204,9 +205,7 @@ class RunTask:
         import signal
 
         import submitit
-
-        from . import sweep
-        from .stopping import STOP_SIGNAL
+        from ..stopping import STOP_SIGNAL
 
         proc, ended = _child.get("proc"), _child.get("ended")
         if proc is not None and not ended.is_set():
@@ -218,7 +217,7 @@ class RunTask:
             name = signal.Signals(submitit.JobEnvironment._usr_sig()).name
             with open(self.run.log_path, "a", encoding="utf-8") as log:
                 log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {name} (pre-timeout or preemption): requeued\n")
-                sweep.finish(self.run, proc.returncode, log)
+                finish(self.run, proc.returncode, log)
         self.run.state = "resume"  # inspected again when the requeued task starts
         return submitit.helpers.DelayedSubmission(RunTask(self.run, self.total, self.stale_after))
 
@@ -249,13 +248,11 @@ def _executor(kind, folder, params):
 def launch(a, grid, runs, mine, kind, stale_after):
     """Submit one task per run of ``mine`` that is not finished; slurm returns once submitted, submitit_local waits
     for its tasks (processes of this machine) and reports them like the local sweep."""
-    from . import sweep
-
     pending = [r for r in mine if r.state != "done"]
     total = len(runs)
     for run in mine:
         if run.state == "done":
-            sweep._line(run, total, "skipped", None, "finished earlier: " + sweep.result_text(run.run_dir))
+            progress(run, total, "skipped", None, "finished earlier: " + result_text(run.run_dir))
     params = slurm_parameters(a, grid["name"]) if kind == "slurm" else \
         {"time": parse_minutes(a.slurm_time) or LOCAL_TIMEOUT_MIN}
     folder = os.path.join(os.path.abspath(a.out), SUBMITIT_DIR, "%j")
@@ -267,20 +264,20 @@ def launch(a, grid, runs, mine, kind, stale_after):
                   f"train.py, its log in <run>.log, submitit's in {folder}):")
             print(sbatch_script(folder, params, len(pending)))
         return 0
-    sweep.write_plan(grid, a.grid, a.out, runs)
+    write_plan(grid, a.grid, a.out, runs)
     if not pending:
         return 0
-    sweep._prepare_demo_data(pending)
+    prepare_demo_data(pending)
     stale = STALE_AFTER_S if stale_after is None else stale_after
     tasks = [RunTask(_task_run(r), total, stale) for r in pending]
     executor = _executor(kind, folder, params)
     with executor.batch():
         jobs = [executor.submit(task) for task in tasks]
     now = time.strftime("%Y-%m-%d %H:%M:%S")
-    sweep.record_jobs(a.out, [{"run": os.path.relpath(r.run_dir, a.out), "job_id": j.job_id, "launcher": kind,
+    record_jobs(a.out, [{"run": os.path.relpath(r.run_dir, a.out), "job_id": j.job_id, "launcher": kind,
                                "log": str(j.paths.stdout), "submitted": now} for r, j in zip(pending, jobs)])
     for run, job in zip(pending, jobs):
-        sweep._line(run, total, "submitted", None, f"job {job.job_id}, log {run.log_path}")
+        progress(run, total, "submitted", None, f"job {job.job_id}, log {run.log_path}")
     if kind == "slurm":
         print(f"[remop-usb sweep] {len(jobs)} tasks submitted; remop-usb sweep --status {a.out} shows them")
         return 0
@@ -288,17 +285,15 @@ def launch(a, grid, runs, mine, kind, stale_after):
 
 
 def _wait(jobs, runs, total):
-    from . import sweep
-
     failed = []
     for job, run in zip(jobs, runs):
         try:
             job.result()
             if os.path.exists(os.path.join(run.run_dir, "results.json")):
-                sweep._line(run, total, "done", None, sweep.result_text(run.run_dir))
+                progress(run, total, "done", None, result_text(run.run_dir))
         except Exception as err:  # the task raised, or its process died
             failed.append(run)
-            sweep._line(run, total, "failed", None, str(err).strip().splitlines()[-1] if str(err).strip() else
+            progress(run, total, "failed", None, str(err).strip().splitlines()[-1] if str(err).strip() else
                         f"see {job.paths.stdout}")
     finished = sum(os.path.exists(os.path.join(r.run_dir, "results.json")) for r in runs)
     print(f"[remop-usb sweep] {finished}/{len(runs)} submitted runs finished"

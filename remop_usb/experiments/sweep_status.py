@@ -12,15 +12,16 @@ not started             none of these (a run killed before its first checkpoint 
 ======================  ==================================================================================
 
 A lock left by a worker that is gone is reported with the run's state and "stale lock" (the next worker takes it
-over, see :mod:`remop_usb.sweep_lock`).
+over, see :mod:`.sweep_lock`).
 """
 
 from __future__ import annotations
 
 import os
 
-from .errors import UserError
-from .fileio import read_json
+from ..errors import UserError
+from ..fileio import read_json
+from .runs import END_MARK, PLAN_FILE, result_text
 
 
 def _log_tail(log_path):
@@ -30,8 +31,6 @@ def _log_tail(log_path):
             lines = [line.rstrip("\n") for line in f if line.strip()]
     except FileNotFoundError:
         return None, ""
-    from .sweep import END_MARK
-
     status = None
     for line in reversed(lines):
         if line.startswith("# ") and f" {END_MARK} " in line:
@@ -46,12 +45,12 @@ def _log_tail(log_path):
 
 def run_state(out, entry):
     """(state, detail) of one run of ``sweep.json``'s ``runs``."""
-    from . import sweep, sweep_lock
-    from .stopping import CHECKPOINTED_STATUS
+    from . import sweep_lock
+    from ..stopping import CHECKPOINTED_STATUS
 
     run_dir = os.path.join(out, entry["dir"])
     if os.path.exists(os.path.join(run_dir, "results.json")):
-        return "done", sweep.result_text(run_dir)
+        return "done", result_text(run_dir)
     holder = sweep_lock.read_holder(sweep_lock.lock_path(run_dir))
     stale = ""
     if holder is not None:
@@ -69,7 +68,7 @@ def run_state(out, entry):
 
 
 def status_rows(out):
-    path = os.path.join(out, "sweep.json")
+    path = os.path.join(out, PLAN_FILE)
     if not os.path.isfile(path):
         raise UserError(f"sweep --status: {out} holds no sweep.json (expected the --out folder of a sweep)")
     plan_file = read_json(path, "sweep")

@@ -22,8 +22,8 @@ import tempfile
 
 import torch
 
-from .algorithms.inpl import AUTO, CUTOFF_QUANTILE, energy_score, labeled_energy_cutoff, train_mode_logits
-from .errors import OneLineArgumentParser, UserError
+from ..algorithms.inpl import AUTO, CUTOFF_QUANTILE, energy_score, labeled_energy_cutoff, train_mode_logits
+from ..errors import OneLineArgumentParser, UserError
 
 
 def _parser():
@@ -44,7 +44,7 @@ def unlabeled_at_cutoff(algorithm, cutoff: float, temperature: float = 1.0):
     """(share of unlabeled images with energy <= cutoff, accuracy of their argmax against the held-back labels or
     None when the pool has no labels), their weak view under the training model in train mode, as the mask sees
     them."""
-    from .usb_compat import device_of
+    from ..usb_compat import device_of
 
     dataset = algorithm.dataset_dict["train_ulb"]
     logits = train_mode_logits(algorithm.model, dataset, "x_ulb_w", algorithm.args.eval_batch_size,
@@ -59,7 +59,7 @@ def unlabeled_at_cutoff(algorithm, cutoff: float, temperature: float = 1.0):
 
 def _written_by(path):
     """The run name (``fixmatch``, ``fixmatch+inpl``, ...) a train.py checkpoint records, or None."""
-    from .usb_compat.checkpointing import STATE_KEY
+    from ..usb_compat.checkpointing import STATE_KEY
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -81,8 +81,8 @@ def measure_on_checkpoints_run(args, load_path):
 
 
 def main(argv) -> int:
-    from .config import parse_args
-    from .launch import build_algorithm, resolve_device, seed_everything
+    from ..config import parse_args
+    from ..launch import build_algorithm, resolve_device, seed_everything
 
     opts, rest = _parser().parse_known_args(argv)
     if not 0.0 <= opts.quantile <= 1.0:

@@ -43,7 +43,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .errors import OneLineArgumentParser
+from ..errors import OneLineArgumentParser
 
 #: the methods timed, each built from its demo config
 METHODS = ("fixmatch", "remop_fixmatch")
@@ -92,8 +92,8 @@ def speed_argv(opts, cache_dir) -> list:
 
 def write_configs(folder, methods=METHODS) -> dict:
     """{method: path} of each method's demo config, rendered from :mod:`.paper_configs`' table into ``folder``."""
-    from .fileio import write_text_atomic
-    from .paper_configs import demo_config
+    from ..fileio import write_text_atomic
+    from ..paper_configs import demo_config
 
     return {m: write_text_atomic(os.path.join(folder, f"{m}.yaml"), demo_config(m)[1]) for m in methods}
 
@@ -105,8 +105,8 @@ def targets(result) -> dict:
 
 
 def _build(config, data_dir, save_dir, opts, extra=()):
-    from .config import parse_args
-    from .launch import build_algorithm, resolve_device
+    from ..config import parse_args
+    from ..launch import build_algorithm, resolve_device
 
     argv = ["--c", config, "--data_dir", data_dir, "--save_dir", save_dir,
             "--device", opts.device, "--img_size", str(opts.img_size), "--batch_size", str(opts.batch_size),
@@ -143,7 +143,7 @@ def usb_step(algorithm, batches):
 def plain_network(net, device, args):
     """A copy of ``net`` on ``device`` in training mode, with the model-level speed options of ``args`` applied as
     USB's algorithms get them (``channels_last``; ``compile`` in place, which a deep copy does not carry)."""
-    from .usb_compat.speed import apply_model_options
+    from ..usb_compat.speed import apply_model_options
 
     net = copy.deepcopy(net).to(device).train()
     apply_model_options(net, args)
@@ -211,7 +211,7 @@ def _replayed_batches(algorithm, n):
 def run_bench(opts):
     from datasets_fer.synthetic import write_rafdb
 
-    from .usb_compat import device_of, unwrap
+    from ..usb_compat import device_of, unwrap
 
     with tempfile.TemporaryDirectory(prefix="remop-bench-") as tmp:
         data_dir, runs = os.path.join(tmp, "data"), os.path.join(tmp, "runs")

@@ -1,6 +1,6 @@
-"""PNG figures (matplotlib, Agg backend), each written atomically (temporary sibling, then rename).
+"""The end-of-run figures: PNGs (matplotlib, Agg backend), each written atomically (temporary sibling, then rename).
 
-At the end of a run (``plots: True``, default), in its save dir:
+At the end of a run (``plots: True``, default), :func:`write_run_plots` draws in its save dir:
 
 - ``confusion_<best|last>.png``: the primary head's confusion matrix, row-normalised (sklearn's
   ConfusionMatrixDisplay; counts are in results.json);
@@ -14,12 +14,8 @@ At the end of a run (``plots: True``, default), in its save dir:
   classifier alone, 0 the feature classifier alone). This re-weights the trained model's two predictions at test
   time only; the paper's Fig. 4 retrains with each beta (``config/grids/fig4_beta.yaml`` does that).
 
-On a finished run, ``python -m remop_usb.plots RUN_DIR [--checkpoint last|best]`` rebuilds the model from the
-run's ``config.json`` and draws them all again (``--checkpoint best``: t-SNE and beta sweep of the best checkpoint).
-
-Beside a leaderboard (:mod:`remop_usb.leaderboard`): ``leaderboard_per_class_<setting>.png``, per-class accuracy
-of every method, mean over seeds; ``beta.png`` when its rows differ only in ``remop_beta``: accuracy against the
-trained beta (the paper's Fig. 4).
+``remop-usb plots RUN_DIR`` (:mod:`remop_usb.experiments.plots`) draws them again on a finished run; the
+leaderboard's figures (:mod:`remop_usb.experiments.leaderboard`) are drawn with the single figures here.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ import os
 
 import numpy as np
 
-from .fileio import atomic_output, read_json, write_json_atomic
+from .fileio import atomic_output, write_json_atomic
 
 BETAS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -128,7 +124,7 @@ def plot_tsne(feat, y, class_names, title, path, seed=0):
     return save_figure(fig, path)
 
 
-def _accuracy_panels(keys, draw, xlabel, title, path, height, **title_kw):
+def accuracy_panels(keys, draw, xlabel, title, path, height, **title_kw):
     """Two panels against beta, overall accuracy left and mean class accuracy right: ``draw(ax, key)`` for each of
     ``keys`` (the two accuracies' keys in the data), then the axis labels and the legend."""
     plt = _pyplot()
@@ -146,21 +142,8 @@ def plot_beta_sweep(rows, beta_trained, path):
         ax.plot([r["beta"] for r in rows], [r[key] for r in rows], marker="o")
         ax.axvline(beta_trained, color="grey", linestyle=":", label=f"trained with beta={beta_trained}")
 
-    return _accuracy_panels(("overall_acc", "mean_class_acc"), draw, "beta (weight of the linear prediction)",
-                            "test accuracy of the mixture vs beta (test-time re-weighting)", path, height=3.2)
-
-
-def plot_beta_curves(curves, title, path):
-    """Fig. 4: overall and mean class accuracy against the trained beta, mean ± std over seeds, one line per
-    setting; ``curves``: {setting: [{beta, overall: (mean, std), mean_class: (mean, std)}]} (std None: one seed)."""
-    def draw(ax, key):
-        for setting, points in curves.items():
-            means = [p[key][0] for p in points]
-            stds = [p[key][1] or 0.0 for p in points]
-            ax.errorbar([p["beta"] for p in points], means, yerr=stds, marker="o", capsize=3, label=setting)
-
-    return _accuracy_panels(("overall", "mean_class"), draw, "beta (trained)", title, path, height=3.4,
-                            fontsize="medium")
+    return accuracy_panels(("overall_acc", "mean_class_acc"), draw, "beta (weight of the linear prediction)",
+                           "test accuracy of the mixture vs beta (test-time re-weighting)", path, height=3.2)
 
 
 # -- the beta sweep ---------------------------------------------------------------------------------------------
@@ -239,61 +222,3 @@ def write_run_plots(algorithm, save_path, summary, checkpoint="latest_model.pth"
         out["pseudo_labels"] = plot_pseudo_labels(records, os.path.join(save_path, "pseudo_labels.png"))
     out.update(model_plots(algorithm, save_path, summary["class_names"], checkpoint))
     return out
-
-
-# -- remop-usb plots RUN_DIR ------------------------------------------------------------------------------------
-
-def rebuild(run_dir):
-    """The algorithm of a finished run, rebuilt on this machine from its config.json (one process, no training)."""
-    import argparse
-
-    from . import registry, runconfig
-    from .errors import UserError
-    from .launch import build_algorithm, resolve_device
-
-    config = runconfig.read_config(run_dir, "plots")
-    if config is None:
-        raise UserError(f"plots: {run_dir} has no {runconfig.CONFIG_FILE} (a run directory written by train.py)")
-    args = argparse.Namespace(**config)
-    run_dir = os.path.abspath(run_dir)
-    args.save_dir, args.save_name = os.path.dirname(run_dir), os.path.basename(run_dir)
-    args.resume, args.load_path, args.use_wandb, args.use_tensorboard = False, None, False, False
-    args.multiprocessing_distributed, args.world_size, args.rank = False, 1, 0
-    registry.load(args.plugins or [])
-    resolve_device(args)
-    return build_algorithm(args)
-
-
-def main(argv=None):
-    """``remop-usb plots RUN_DIR [--checkpoint last|best]``: (re)draw a finished run's figures, beta sweep included."""
-    import argparse
-
-    from .errors import UserError
-
-    p = argparse.ArgumentParser(prog="remop-usb plots", description="Draw a finished run's figures again: "
-                                "confusion matrices, per-class accuracy, pseudo-label quality, t-SNE and (ReMoP) the "
-                                "beta sweep, with the chosen checkpoint.")
-    p.add_argument("run_dir", help="a run's save dir (holds config.json, results.json, latest_model.pth)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
-                   help="weights for t-SNE and the beta sweep (best: selected on the test split)")
-    a = p.parse_args(argv)
-    checkpoint = {"last": "latest_model.pth", "best": "model_best.pth"}[a.checkpoint]
-    for needed in ("results.json", checkpoint):
-        if not os.path.exists(os.path.join(a.run_dir, needed)):
-            raise UserError(f"plots: {os.path.join(a.run_dir, needed)} not found (is the run finished?)")
-    summary = read_json(os.path.join(a.run_dir, "results.json"), "plots")
-    out = write_run_plots(rebuild(a.run_dir), a.run_dir, summary, checkpoint)
-    print("wrote " + ", ".join(sorted(out.values())))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    from .errors import UserError
-
-    try:
-        sys.exit(main())
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

@@ -53,10 +53,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import atomic_output, read_json, write_text_atomic
-from .results import SPLITS, head_name, reported_heads
-from .runconfig import differences, identity, read_config, setting_name
+from ..errors import UserError
+from ..fileio import atomic_output, read_json, write_text_atomic
+from ..results import SPLITS, head_name, reported_heads
+from ..runconfig import differences, identity, read_config, setting_name
 
 _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 
@@ -383,7 +383,7 @@ def write_csv(path, rows):
 
 def per_class_plots(root, cells, methods, labels, settings, checkpoint, head, stem="leaderboard"):
     """Per setting, the per-class accuracy of each method (mean over the seeds counted in its cell)."""
-    from .plots import plot_grouped_bars
+    from ..figures import plot_grouped_bars
 
     out = {}
     for s in settings:
@@ -451,10 +451,23 @@ def beta_curves(runs, cells):
     return curves if max(len(points) for points in curves.values()) > 1 else None
 
 
+def plot_beta_curves(curves, title, path):
+    """Fig. 4: overall and mean class accuracy against the trained beta, mean ± std over seeds, one line per
+    setting; ``curves``: {setting: [{beta, overall: (mean, std), mean_class: (mean, std)}]} (std None: one seed)."""
+    from ..figures import accuracy_panels
+
+    def draw(ax, key):
+        for setting, points in curves.items():
+            means = [p[key][0] for p in points]
+            stds = [p[key][1] or 0.0 for p in points]
+            ax.errorbar([p["beta"] for p in points], means, yerr=stds, marker="o", capsize=3, label=setting)
+
+    return accuracy_panels(("overall", "mean_class"), draw, "beta (trained)", title, path, height=3.4,
+                           fontsize="medium")
+
+
 def beta_plot(root, curves, settings, checkpoint, head, name=BETA_PLOT):
     """``DIR/beta.png`` (Fig. 4) of :func:`beta_curves`' data, one line per setting in column order."""
-    from .plots import plot_beta_curves
-
     title = f"accuracy vs trained beta ({checkpoint} checkpoint, head {head}), mean ± sample std over seeds"
     return plot_beta_curves({s: curves[s] for s in settings if s in curves}, title, os.path.join(root, name))
 
