@@ -169,14 +169,14 @@ def test_writer_counts_by_hand(tmp_path):
 
 
 def test_default_writer_reproduces_the_636_protocol():
-    from datasets_fer import synthetic
+    from datasets_fer.synthetic import layouts
 
     # without rendering: the default sequence plan and the images the protocol then selects
-    plan = synthetic._ckplus_sequences(327, synthetic.CKPLUS_UNLABELED, (3, 6), 0)
+    plan = layouts._ckplus_sequences(327, layouts.CKPLUS_UNLABELED, (3, 6), 0)
     codes = [s["code"] for s in plan]
     assert len(plan) == 593 and codes.count(None) == 266
     assert {c: codes.count(c) for c in range(1, 8)} == {1: 45, 2: 18, 3: 59, 4: 25, 5: 69, 6: 28, 7: 83}
-    counts = synthetic._ckplus_protocol_counts({c: codes.count(c) for c in range(1, 8)})
+    counts = layouts._ckplus_protocol_counts({c: codes.count(c) for c in range(1, 8)})
     assert counts == {"neutral": 327, "happy": 69, "sad": 28, "surprise": 83, "fear": 25, "disgust": 59,
                       "anger": 45}
     assert sum(counts.values()) == 636

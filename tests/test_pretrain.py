@@ -274,7 +274,7 @@ def test_probe_of_a_checkpoint(tmp_path):
 def test_action_prototypes_are_fixed_strong_combinations_within_the_ranges():
     """Prototype p: 4-7 of the 15 actions, each at 0.8-1.0 of one end of its range, drawn from its own stream, so it
     does not depend on how many prototypes there are; none of them is one of the 7 expressions' patterns."""
-    from datasets_fer.synthetic import _EXPRESSION_DELTAS, ACTION_RANGES
+    from datasets_fer.synthetic.faces import _EXPRESSION_DELTAS, ACTION_RANGES
 
     protos = [pretrain.action_prototype(0, p) for p in range(16)]
     assert protos[3] == pretrain.action_prototype(0, 3) and protos[3] != pretrain.action_prototype(1, 3)

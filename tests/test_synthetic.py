@@ -207,7 +207,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(syn, "render_face", flaky)
+    monkeypatch.setattr(syn.faces, "render_face", flaky)  # what iter_faces draws with
     target = tmp_path / "rafdb"  # missing: built in a hidden sibling, renamed at the end
     with pytest.raises(KeyboardInterrupt):
         write_rafdb(target, num_train=20, num_test=10, size=32)
@@ -322,7 +322,7 @@ def test_expressions_are_learnable():
 def test_action_ranges_span_the_expressions_and_zero():
     """ACTION_RANGES: per parameter, min and max over the 8 canonical offsets and 0 (neutral)."""
     r = syn.ACTION_RANGES
-    assert tuple(r) == syn._PARAMS
+    assert tuple(r) == syn.faces._PARAMS
     assert r["curve"] == (-0.11, 0.20)  # sad -0.11 .. happy +0.20
     assert r["eye"] == (-0.45, 0.60) and r["inner"] == (-0.18, 0.12) and r["raise"] == (-0.10, 0.16)
     assert r["open"] == (0.0, 0.32) and r["asym"] == (0.0, 0.17) and r["pinch"] == (0.0, 0.08)
@@ -333,7 +333,7 @@ def test_actions_replace_the_expression_offsets():
     """actions=intensity * the expression's offsets draws exactly the expression at that intensity: the offsets are
     the only thing replaced, and rng is consumed in the same order (same person, pose, lighting, jitter, noise)."""
     for e, x in ((1, 0.8), (3, 1.0), (6, 0.37)):
-        offsets = {k: x * v for k, v in syn._EXPRESSION_DELTAS[e].items()}
+        offsets = {k: x * v for k, v in syn.faces._EXPRESSION_DELTAS[e].items()}
         expected = render_face(e, face_rng(0, "a", e), 48, intensity=x).tobytes()
         assert render_face(0, face_rng(0, "a", e), 48, actions=offsets).tobytes() == expected
         assert render_face(5, face_rng(0, "a", e), 48, actions=offsets).tobytes() == expected  # expression unused
