@@ -28,7 +28,7 @@ setup(
         "submitit>=1.5.4,<1.6",  # sweep --launcher slurm (its sbatch file is also printed by --dry_run)
     ],
     extras_require={
-        "test": ["pytest>=7.3", "pytest-xdist>=3.5",
+        "test": ["pytest>=7.3", "pytest-xdist>=3.5", "import-linter>=2.17,<3",  # lint-imports: tests/test_layering.py
                  "mkdocs-material>=9.5,<10"],  # tests/test_docs.py builds the docs with mkdocs build --strict
         "docs": ["mkdocs-material>=9.5,<10"],  # mkdocs serve / mkdocs build (mkdocs.yml, docs/)
     },
