@@ -229,3 +229,36 @@ def pytest_collection_modifyitems(config, items):
             reason = "needs a CUDA GPU" if found == 0 else f"needs {needed} CUDA GPUs ({found} here)"
             # skipif, not skip: ``-rs`` then lists each test at its own line instead of folding them into one
             item.add_marker(pytest.mark.skipif(True, reason=reason))
+
+
+_backbone_builder = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """When a collected test uses the stand-in backbone and the cache does not hold it yet, start building it at
+    once, in a background process, so that it trains while the tests that don't need it run (instead of from the
+    first test that asks). Every pytest-xdist worker may start one: :func:`~remop_usb.pretrain.ensure_pretrained`'s
+    file lock lets one build and the others find the file; a test that asks waits on that lock."""
+    from remop_usb.pretrain import TEST_SETTINGS, cached_path
+
+    if session.config.option.collectonly or not any("pretrained_backbone" in getattr(item, "fixturenames", ())
+                                                     for item in session.items):
+        return
+    if os.path.isfile(cached_path(TEST_SETTINGS, BACKBONE_CACHE)):
+        return
+    import subprocess
+    import sys
+
+    code = ("from remop_usb.pretrain import TEST_SETTINGS, ensure_pretrained; "
+            f"ensure_pretrained(TEST_SETTINGS, cache_dir={BACKBONE_CACHE!r}, log=lambda *a: None)")
+    _backbone_builder.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+
+
+def pytest_sessionfinish(session):
+    """A background build still running when the session ends (e.g. under -x) is stopped; its lock goes with it."""
+    for process in _backbone_builder:
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
