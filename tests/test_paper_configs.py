@@ -34,7 +34,8 @@ def test_every_cell_of_tables_3_to_5_has_a_config_per_method():
     methods = ["supervised", "fixmatch", "abc", "adsh", "inpl", "cpe", "adacm", "remop_supervised",
                "remop_fixmatch", "remop_adacm"]
     beyond = ["remop_flexmatch", "remop_freematch", "remop_softmatch", "acr", "remop_acr", "cdmad", "remop_cdmad",
-              "simpro", "remop_simpro", "crest", "crest_plus", "saw", "darp", "daso", "debiaspl", "tras"]
+              "simpro", "remop_simpro", "crest", "crest_plus", "saw", "darp", "daso", "debiaspl", "tras",
+              "bacon", "remop_bacon", "adello", "remop_adello", "metaexpert", "cpg", "remop_cpg"]
     expected = {f"config/paper/{t}/{m}_{s}.yaml" for t, settings in cells.items() for s in settings for m in methods}
     # the methods beyond the paper: Tables 3-4's settings (Table 5's AffectNet pool is the paper's own experiment)
     expected |= {f"config/paper/{t}/{m}_{s}.yaml" for t in ("table3", "table4") for s in cells[t] for m in beyond}
@@ -52,6 +53,8 @@ def test_schedule_keys_keep_usbs_fractions_of_training():
     # 2,000 iterations: blends after 39 (1.95%), so it recounts every 39 (a count must precede the first blend)
     assert pc.schedule_keys("daso", 10, 2000) == {"daso_num_pretrain_iter": 39, "daso_num_pl_dist_iter": 39}
     assert pc.schedule_keys("crest_plus", 100, 100000) == {"crest_num_gens": 6, "epoch": 16, "num_train_iter": 16000}
+    assert pc.schedule_keys("cpg", 100, 100000) == {"cpg_warmup_epochs": 12}  # CPG's 30 of 256 epochs: 11.7
+    assert pc.schedule_keys("remop_cpg", 80, 80000) == {"cpg_warmup_epochs": 9}  # 9.4
     assert pc.schedule_keys("fixmatch", 100, 100000) == {}
     darp = _parsed("config/paper/table3/darp_rafdb_500_150.yaml")
     assert (darp.darp_warmup_epochs, darp.epoch, darp.num_train_iter) == (78, 100, 100000)
@@ -113,9 +116,9 @@ PRESET_RUNS = _preset_runs()
 
 def test_every_preset_bearing_config_is_covered():
     files = {rel for rel, _, _ in PRESET_RUNS}
-    # 3 ReMoP methods x 10 paper cells, 6 ReMoP methods beyond the paper x 8 cells of Tables 3-4, 9 ReMoP demo
+    # 3 ReMoP methods x 10 paper cells, 9 ReMoP methods beyond the paper x 8 cells of Tables 3-4, 12 ReMoP demo
     # configs, the README example
-    assert len(files) == 3 * 10 + 6 * 8 + 9 + 1
+    assert len(files) == 3 * 10 + 9 * 8 + 12 + 1
     assert {preset for _, _, preset in PRESET_RUNS} == {"paper", "official"}
 
 
