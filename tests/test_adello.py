@@ -57,8 +57,9 @@ def test_sharpen_raises_the_positive_part_to_one_over_t():
 def test_distillation_is_the_soft_ce_at_temperature_t_on_the_rows_the_mask_leaves_out():
     target = torch.tensor([[0.8, 0.2], [0.8, 0.2]])
     mask = torch.tensor([1.0, 0.0])  # row 0 passed the threshold: not distilled
-    # T = 1, logits 0: CE = log 2 on row 1, over 2 rows
-    assert distillation_loss(torch.zeros(2, 2), target, mask, 1.0).item() == pytest.approx(math.log(2) / 2)
+    # T = 1; row 1's logits 0: CE = log 2, over 2 rows (row 0's logits, whatever they cost, are left out)
+    logits = torch.tensor([[3.0, -3.0], [0.0, 0.0]])
+    assert distillation_loss(logits, target, mask, 1.0).item() == pytest.approx(math.log(2) / 2)
     # T = 2, logits (2, 0) -> (1, 0); target sharpened to (2/3, 1/3): CE = log(1 + e^-1) + 1/3
     loss = distillation_loss(torch.tensor([[2.0, 0.0]]), target[:1], torch.zeros(1), 2.0)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)) + 1 / 3, rel=1e-6)
