@@ -39,9 +39,9 @@ CONTRACTS = {
 #: toward the posterior under a flattened prior, and the mixture of that softmax with the cosines passes tau = 0.95
 #: on fewer images than ADELLO's softmax alone (0.10, 97.6% right) -- as SimPro's logit adjustment under ReMoP (0.08)
 #: Meta-Expert: its experts' pseudo-labels engage (the long-tailed expert's, ``pl``: 0.10, 100% right over steps 50-99),
-#: the meta-expert's, the expert its DEA assigns each image, pass tau on 2.5% of the rows (100% right): 100 steps in,
-#: the DEA's side pseudo-labels pass tau on about a quarter of the rows and it still sends head-class images to the
-#: logit-adjusted experts, which are less confident on them.
+#: the meta-expert's -- the prediction of the expert its DEA assigns each image -- pass tau on 2.5% of the rows (100%
+#: right). Its DEA's own side pseudo-labels passed tau on a quarter of the rows at step 100 (the log's
+#: metaexpert_side_mask); which experts it assigned was not recorded.
 #: CPG: its filter admits an image only when the weak and the strong view are both >= 0.95 confident under the
 #: admitted set's prior (uniform until something is admitted) and agree; its classifier, trained with logit
 #: adjustment by the labeled prior, is balanced and, 100 steps in, rarely that confident on either view: over steps
