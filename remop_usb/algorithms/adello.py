@@ -25,8 +25,9 @@ Implemented here, with K classes, P_l the labeled class prior and t / T the frac
   out are distilled -- (1 - mask) x CE((z_s + log(P_u / Q_t)) / T_d, sharpen(softmax(z_w), T_d)), the target
   sharpened by T_d (p^(1/T_d), renormalised), weight ``adello_lambda_distill`` = 1, from ``adello_distill_start`` x
   num_train_iter on (the authors' configs: 50,000 of 262,144 = 0.19). T_d (``adello_distill_temperature``):
-  ``imbalance`` -- exp(KL(U || P_u)), U uniform, measured once when CCR starts and kept (the paper's controlled
-  temperature; the authors' ``imbalance_distill_with_warmup``) -- or ``one`` (T_d = 1).
+  ``imbalance`` -- exp(KL(U || P_u)), U uniform, measured once when CCR starts and kept (the paper distils at a
+  temperature set by the estimated imbalance; the form is the authors' ``imbalance_distill_with_warmup``) -- or
+  ``one`` (T_d = 1).
 - Loss: L_s + ulb_loss_ratio L_u + lambda_distill L_CCR.
 
 The estimate P_u and the fixed T_d live in :class:`PriorEstimate`, a hook whose ``checkpoint_attrs`` every checkpoint
@@ -38,7 +39,12 @@ What differs in the authors' code (each an option; the default is the paper's):
   distills at T_d = 1 (the imbalance temperature is only reached with ``distill_T`` set);
 - with ``include_lb_to_ulb: True`` they leave the labeled images of the unlabeled batch out of the estimate of P_u;
   here every unlabeled row enters it (this project's paper configs keep the sets apart);
-- their oracle mode ``adello_gt`` (the true unlabeled prior in place of the estimate) is not offered.
+- their oracle mode ``adello_gt`` (the true unlabeled prior in place of the estimate) is not offered;
+- the paper's text was read here through its abstract and summary only: the forms above follow the authors' code.
+
+Noticed, left as the authors have it: P_u is estimated from the raw softmax of z_w, which FlexDA trains toward the
+posterior under Q_t, so the estimate is pulled toward Q_t as Q_t flattens (softmax(z_w + log(P_u / Q_t)) would
+estimate P_u itself).
 
 With ReMoP on top (``imb_algorithm: remop``): ADELLO has one linear classifier and one pseudo-label path; ReMoP's
 mixture (Eq. 6) of that classifier and the feature prediction takes the place of softmax(z_w) in the mask, the
