@@ -52,6 +52,9 @@ CASES = [
     ("fixmatch", "debiaspl", "debiaspl_ema_p", (0.0,), (1.0,), "0 <= debiaspl_ema_p < 1"),
     ("fixmatch", "abc", "abc_p_cutoff", (1.0,), (1.01,), "0 <= abc_p_cutoff <= 1"),
     ("fixmatch", "tras", "tras_B", (1,), (0,), "tras_B > 0"),
+    ("metaexpert", "None", "metaexpert_cb_beta", (0.0, 0.99), (1.0, -0.01), "0 <= metaexpert_cb_beta < 1"),
+    ("cpg", "None", "cpg_vote_agreement", (0.0, 1.0), (1.01,), "0 <= cpg_vote_agreement <= 1"),
+    ("cpg", "None", "cpg_label_smoothing", (0.0,), (1.0,), "0 <= cpg_label_smoothing < 1"),
 ]
 IDS = [f"{case[2]}" for case in CASES]
 
