@@ -67,8 +67,10 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from semilearn.algorithms.fixmatch import FixMatch
 from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core.hooks import Hook
@@ -235,17 +237,12 @@ class GrowingLabeledSet(Dataset):
 
     @property
     def targets(self):
-        import numpy as np
-
         return np.concatenate([np.asarray(self.labeled.targets), self.state.members()[1].numpy()])
 
     def __len__(self):
         return len(self.labeled) + int((self.state.status >= 0).sum())
 
     def __getitem__(self, i):
-        from PIL import Image
-        import numpy as np
-
         if i < len(self.labeled):
             img, target = self.labeled.__sample__(i)
         else:
