@@ -1,6 +1,6 @@
 """ReMoP on ACR and CDMAD reports, beside its mixture (primary) and linear classifier, the learner's own test-time
 head -- ACR's balanced head (``balanced``), CDMAD's debiased logits (``debiased``) -- computed as the learner alone
-computes it from the same weights."""
+computes it from the same weights; on CPG (whose own prediction is the linear classifier) its auxiliary head."""
 
 import os
 
@@ -13,7 +13,9 @@ from remop_usb.algorithms.cdmad import solid_image
 from remop_usb.evaluation import heads_of, output_keys, predict
 from remop_usb.usb_compat import unwrap
 
-HEADS = {"acr": ["mixture", "linear", "balanced"], "cdmad": ["mixture", "linear", "debiased"]}
+#: CPG's own test-time prediction is its linear classifier (``linear``); its auxiliary head is reported beside it
+HEADS = {"acr": ["mixture", "linear", "balanced"], "cdmad": ["mixture", "linear", "debiased"],
+         "cpg": ["mixture", "linear", "auxiliary"]}
 
 
 @pytest.mark.parametrize("learner", sorted(HEADS))
