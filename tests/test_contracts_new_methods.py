@@ -15,7 +15,7 @@ the unlabeled prior, and its distillation (CCR, from step 19 of 100) has started
 import pytest
 import torch
 
-from test_contracts import ACC_FLOOR, MASK_FLOOR, contract_run, final
+from test_contracts import ACC_FLOOR, MASK_FLOOR, contract_params, contract_run, final
 
 CONTRACTS = {
     "config/demo/acr.yaml": ("pl",),
@@ -57,13 +57,7 @@ BELOW_FLOOR = {"config/demo/remop_adello.yaml": "pl and remop: mask 0.045 < MASK
                "config/demo/remop_cpg.yaml": "pl: mask 0.02 < MASK_FLOOR 0.05 (100% right); remop 0.15 (98%)"}
 
 
-def _contract_param(config):
-    if config not in BELOW_FLOOR:
-        return config
-    return pytest.param(config, marks=pytest.mark.xfail(reason=BELOW_FLOOR[config], strict=True))
-
-
-@pytest.mark.parametrize("config", [_contract_param(c) for c in sorted(CONTRACTS)])
+@pytest.mark.parametrize("config", contract_params(CONTRACTS, BELOW_FLOOR))
 def test_unlabeled_path_engages_and_its_pseudo_labels_are_right(config, contract_rafdb, pretrained_backbone, tmp_path):
     algorithm = contract_run(contract_rafdb, tmp_path, pretrained_backbone, config)
     figures = {source: final(algorithm, source) for source in CONTRACTS[config]}

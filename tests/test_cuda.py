@@ -10,7 +10,6 @@ import copy
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -20,7 +19,8 @@ import torch.multiprocessing as mp
 
 from conftest import build_for, one_batch, start_training, step_on, train_argv
 from remop_usb.usb_compat import unwrap
-from test_resume import REPO, _assert_same_tensors, _env, _final, _run_to_end
+from test_ddp import ddp_worker, free_port
+from test_resume import REPO, assert_same_tensors, resume_env, final_state, run_to_end
 
 pytestmark = pytest.mark.cuda
 
@@ -75,12 +75,6 @@ def first_conv_outputs(algorithm, what):
 
 def rms(t):
     return t.double().pow(2).mean().sqrt().item()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- mixed precision ------------------------------------------------------------------------------------------------
@@ -216,56 +210,30 @@ def _deterministic_argv(mode, data_dir, save_dir, **extra):
 
 def test_a_run_stopped_halfway_and_resumed_equals_an_uninterrupted_one(tiny_rafdb, tmp_path):
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    _run_to_end(_deterministic_argv("run", tiny_rafdb, whole), tmp_path / "whole.out")
+    run_to_end(_deterministic_argv("run", tiny_rafdb, whole), tmp_path / "whole.out")
     with open(tmp_path / "stopped.out", "w") as log:
-        proc = subprocess.run(_deterministic_argv("stop", tiny_rafdb, stopped), cwd=REPO, env=_env(), stdout=log,
+        proc = subprocess.run(_deterministic_argv("stop", tiny_rafdb, stopped), cwd=REPO, env=resume_env(), stdout=log,
                               stderr=subprocess.STDOUT, timeout=300)
     assert proc.returncode == -signal.SIGKILL, open(tmp_path / "stopped.out").read()[-3000:]
     halfway = torch.load(stopped / "run" / "latest_model.pth", map_location="cpu", weights_only=False)
     assert halfway["it"] == RESUME_RUN["num_train_iter"] // 2
     assert "cuda" in halfway["remop_resume"]["rng"]  # the GPU's generator (dropout) is part of the state
-    _run_to_end(_deterministic_argv("run", tiny_rafdb, stopped, resume=True), tmp_path / "resumed.out")
+    run_to_end(_deterministic_argv("run", tiny_rafdb, stopped, resume=True), tmp_path / "resumed.out")
     assert "Model loaded" in open(stopped / "run" / "log.txt").read()
 
-    (ref_ckpt, ref_results), (ckpt, results) = _final(whole / "run"), _final(stopped / "run")
+    (ref_ckpt, ref_results), (ckpt, results) = final_state(whole / "run"), final_state(stopped / "run")
     assert ref_ckpt["it"] == ckpt["it"] == RESUME_RUN["num_train_iter"]
     for part in ("model", "ema_model"):
-        _assert_same_tensors(ref_ckpt[part], ckpt[part], part)
+        assert_same_tensors(ref_ckpt[part], ckpt[part], part)
     assert any(not torch.equal(ckpt["model"][k], ckpt["ema_model"][k]) for k in ckpt["model"])  # EMA carried on
     ref_opt, opt = ref_ckpt["optimizer"]["state"], ckpt["optimizer"]["state"]
     assert ref_opt.keys() == opt.keys()
     for key in ref_opt:
-        _assert_same_tensors(ref_opt[key], opt[key], f"optimizer state {key}")
+        assert_same_tensors(ref_opt[key], opt[key], f"optimizer state {key}")
     assert results == ref_results  # every metric of every head, best and last
 
 
 # -- two GPUs ---------------------------------------------------------------------------------------------------------
-
-def _cpu_parameters(algorithm):
-    return {n: p.detach().cpu().clone() for n, p in unwrap(algorithm.model).named_parameters()}
-
-
-def _ddp_worker(rank, argv, out_dir):
-    from remop_usb import launch
-    from remop_usb.config import parse_args
-
-    initial = {}
-    build = launch.build_algorithm
-
-    def build_and_keep_initial_weights(*args, **kwargs):  # after DDP's wrap, which broadcasts rank 0's weights
-        algorithm = build(*args, **kwargs)
-        initial.update(_cpu_parameters(algorithm))
-        return algorithm
-
-    launch.build_algorithm = build_and_keep_initial_weights
-    args = parse_args(argv + ["--rank", str(rank)])
-    launch.resolve_device(args)
-    algorithm, main_process = launch.train_worker(rank, 2, args)  # process ``rank`` on GPU ``rank``
-    torch.save({"initial": initial, "params": _cpu_parameters(algorithm), "main": main_process,
-                "ddp": type(algorithm.model).__name__, "backend": torch.distributed.get_backend(),
-                "device": str(next(algorithm.model.parameters()).device)}, os.path.join(out_dir, f"rank{rank}.pt"))
-    torch.distributed.destroy_process_group()
-
 
 @pytest.mark.cuda(gpus=2)
 def test_two_gpus_agree_on_the_final_weights(tiny_rafdb, tmp_path, monkeypatch):
@@ -274,7 +242,7 @@ def test_two_gpus_agree_on_the_final_weights(tiny_rafdb, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(visible.split(",")[:2]) if visible else "0,1")
     argv = train_argv(tiny_rafdb, tmp_path / "runs", save_name="ddp", num_train_iter=3, num_eval_iter=3,
                       device="cuda", world_size=2, dist_url=f"tcp://127.0.0.1:{free_port()}")
-    mp.spawn(_ddp_worker, args=(argv, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(argv, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert (r0["ddp"], r1["ddp"]) == ("DistributedDataParallel", "DistributedDataParallel")
     assert (r0["backend"], r0["device"], r1["device"]) == ("nccl", "cuda:0", "cuda:1")

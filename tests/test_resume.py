@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITERS, EPOCHS, EVAL_EVERY = 8, 2, 3  # 4 steps per epoch; checkpoints after 3 (epoch 0) and 6 (epoch 1): mid-epoch
 
 
-def _env():
+def resume_env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -33,9 +33,9 @@ def _argv(data_dir, save_dir, num_workers, **extra):
                                "num_eval_iter": EVAL_EVERY, "num_workers": num_workers, **extra})
 
 
-def _run_to_end(argv, log_path):
+def run_to_end(argv, log_path):
     with open(log_path, "w") as log:
-        proc = subprocess.run(argv, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, timeout=300)
+        proc = subprocess.run(argv, cwd=REPO, env=resume_env(), stdout=log, stderr=subprocess.STDOUT, timeout=300)
     assert proc.returncode == 0, open(log_path).read()[-3000:]
 
 
@@ -50,7 +50,7 @@ def _saves_logged(run_dir):
 def _kill_after_first_checkpoint(argv, run_dir, log_path):
     """Start the run, SIGKILL it as soon as its first checkpoint is logged; return the iterations it had saved."""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=REPO, env=resume_env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while _saves_logged(run_dir) < 1:
             assert proc.poll() is None, f"the run ended before its first checkpoint:\n{open(log_path).read()[-3000:]}"
@@ -62,13 +62,13 @@ def _kill_after_first_checkpoint(argv, run_dir, log_path):
     return torch.load(os.path.join(run_dir, "latest_model.pth"), map_location="cpu", weights_only=False)["it"]
 
 
-def _final(run_dir):
+def final_state(run_dir):
     ckpt = torch.load(os.path.join(run_dir, "latest_model.pth"), map_location="cpu", weights_only=False)
     with open(os.path.join(run_dir, "results.json")) as f:
         return ckpt, json.load(f)
 
 
-def _assert_same_tensors(a, b, what):
+def assert_same_tensors(a, b, what):
     assert a.keys() == b.keys(), what
     for key in a:
         assert torch.equal(a[key], b[key]), f"{what}: {key} differs"
@@ -77,25 +77,25 @@ def _assert_same_tensors(a, b, what):
 @pytest.mark.parametrize("num_workers,ema_m", [(0, 0.9), (1, 0.0)])  # an EMA model that differs from the weights
 def test_killed_and_resumed_run_equals_uninterrupted(tiny_rafdb, tmp_path, num_workers, ema_m):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run_to_end(_argv(tiny_rafdb, whole, num_workers, ema_m=ema_m), tmp_path / "whole.out")
+    run_to_end(_argv(tiny_rafdb, whole, num_workers, ema_m=ema_m), tmp_path / "whole.out")
     resumed_from = _kill_after_first_checkpoint(_argv(tiny_rafdb, killed, num_workers, ema_m=ema_m),
                                                 killed / "run", tmp_path / "killed.out")
     per_epoch = ITERS // EPOCHS
     assert 0 < resumed_from < ITERS and resumed_from % per_epoch != 0  # a mid-epoch resume point
-    _run_to_end(_argv(tiny_rafdb, killed, num_workers, ema_m=ema_m, resume=True), tmp_path / "resumed.out")
+    run_to_end(_argv(tiny_rafdb, killed, num_workers, ema_m=ema_m, resume=True), tmp_path / "resumed.out")
     resumed_log = open(killed / "run" / "log.txt").read()
     assert "Model loaded" in resumed_log
 
-    (ref_ckpt, ref_results), (ckpt, results) = _final(whole / "run"), _final(killed / "run")
+    (ref_ckpt, ref_results), (ckpt, results) = final_state(whole / "run"), final_state(killed / "run")
     assert ref_ckpt["it"] == ckpt["it"] == ITERS
     for part in ("model", "ema_model"):
-        _assert_same_tensors(ref_ckpt[part], ckpt[part], part)
+        assert_same_tensors(ref_ckpt[part], ckpt[part], part)
     if ema_m:  # the EMA is not simply the weights: the resumed run carried it on from the checkpoint
         assert any(not torch.equal(ckpt["model"][k], ckpt["ema_model"][k]) for k in ckpt["model"])
     ref_opt, opt = ref_ckpt["optimizer"]["state"], ckpt["optimizer"]["state"]
     assert ref_opt.keys() == opt.keys()
     for key in ref_opt:
-        _assert_same_tensors(ref_opt[key], opt[key], f"optimizer state {key}")
+        assert_same_tensors(ref_opt[key], opt[key], f"optimizer state {key}")
     assert (ckpt["best_it"], ckpt["best_eval_acc"]) == (ref_ckpt["best_it"], ref_ckpt["best_eval_acc"])
     assert results == ref_results  # every metric of every head, best and last, to the last digit
     assert not [n for n in os.listdir(killed / "run") if n.endswith(".tmp")]
@@ -107,13 +107,13 @@ def test_a_run_killed_after_an_epochs_last_step_still_runs_that_epochs_hooks(tin
     the learned margins are not clamped to the initial 0.8, so the update shows)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     extra = dict(config="config/demo/adacm.yaml", num_eval_iter=ITERS // EPOCHS, adacm_margin_floor=0.0)
-    _run_to_end(_argv(tiny_rafdb, whole, 0, **extra), tmp_path / "whole.out")
+    run_to_end(_argv(tiny_rafdb, whole, 0, **extra), tmp_path / "whole.out")
     resumed_from = _kill_after_first_checkpoint(_argv(tiny_rafdb, killed, 0, **extra), killed / "run",
                                                 tmp_path / "killed.out")
     assert resumed_from == ITERS // EPOCHS  # the last step of epoch 0
-    _run_to_end(_argv(tiny_rafdb, killed, 0, resume=True, **extra), tmp_path / "resumed.out")
+    run_to_end(_argv(tiny_rafdb, killed, 0, resume=True, **extra), tmp_path / "resumed.out")
 
-    (ref_ckpt, ref_results), (ckpt, results) = _final(whole / "run"), _final(killed / "run")
+    (ref_ckpt, ref_results), (ckpt, results) = final_state(whole / "run"), final_state(killed / "run")
     ref_hooks, hooks = ref_ckpt["remop_resume"]["hooks"], ckpt["remop_resume"]["hooks"]
     margins = [h["margins"] for h in ref_hooks.values() if "margins" in h]
     assert len(margins) == 1 and not torch.allclose(margins[0], torch.full_like(margins[0], 0.8))  # they moved
@@ -124,7 +124,7 @@ def test_a_run_killed_after_an_epochs_last_step_still_runs_that_epochs_hooks(tin
             same = torch.equal(value, hooks[name][attr]) if torch.is_tensor(value) else value == hooks[name][attr]
             assert same, f"hook {name}: {attr} differs"
     for part in ("model", "ema_model"):
-        _assert_same_tensors(ref_ckpt[part], ckpt[part], part)
+        assert_same_tensors(ref_ckpt[part], ckpt[part], part)
     assert results == ref_results
 
 
@@ -143,15 +143,15 @@ METHODS = {"metaexpert": {}, "cpg": {"p_cutoff": 0.0},
 def test_a_killed_method_resumes_bit_identical(method, tiny_rafdb, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     extra = dict(config=f"config/demo/{method}.yaml", **METHODS[method])
-    _run_to_end(_argv(tiny_rafdb, whole, 0, **extra), tmp_path / "whole.out")
+    run_to_end(_argv(tiny_rafdb, whole, 0, **extra), tmp_path / "whole.out")
     resumed_from = _kill_after_first_checkpoint(_argv(tiny_rafdb, killed, 0, **extra), killed / "run",
                                                 tmp_path / "killed.out")
     assert 0 < resumed_from < ITERS // EPOCHS  # mid epoch 0
-    _run_to_end(_argv(tiny_rafdb, killed, 0, resume=True, **extra), tmp_path / "resumed.out")
+    run_to_end(_argv(tiny_rafdb, killed, 0, resume=True, **extra), tmp_path / "resumed.out")
 
-    (ref_ckpt, ref_results), (ckpt, results) = _final(whole / "run"), _final(killed / "run")
+    (ref_ckpt, ref_results), (ckpt, results) = final_state(whole / "run"), final_state(killed / "run")
     for part in ("model", "ema_model"):
-        _assert_same_tensors(ref_ckpt[part], ckpt[part], part)
+        assert_same_tensors(ref_ckpt[part], ckpt[part], part)
     ref_hooks, hooks = ref_ckpt["remop_resume"]["hooks"], ckpt["remop_resume"]["hooks"]
     assert ref_hooks.keys() == hooks.keys()
     for name in ref_hooks:
@@ -204,7 +204,7 @@ def test_sigkill_inside_a_checkpoint_save(tmp_path, moment):
 
     path = tmp_path / "latest_model.pth"
     checkpointing.atomic_save({"it": 1, "w": torch.arange(200_000)}, path, keep_previous=True)
-    proc = subprocess.run([sys.executable, "-c", _DYING_SAVER, moment, str(path)], cwd=REPO, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", _DYING_SAVER, moment, str(path)], cwd=REPO, env=resume_env(),
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     latest = torch.load(path, weights_only=False)
